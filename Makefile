@@ -1,0 +1,28 @@
+# The two commands of the README's quickstart, `make demo` and `make test`, set up everything
+# they need by themselves (tools/setup_env.sh: .venv with torch, detectron2 and the built
+# extension), skipping what is already done.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup build test test-fast demo benchmark clean
+
+setup:
+	@bash tools/setup_env.sh
+
+build:
+	@CUDA_HOME=$${CUDA_HOME:-$$( [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda )} $(PY) setup.py -q build_ext --inplace
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) tools/benchmark_gn.py --quick --json output/benchmark_gn.json
+
+benchmark: setup
+	$(PY) tools/benchmark_gn.py --json output/benchmark_gn.json
+
+clean:
+	rm -rf build gn_detectron/_C*.so

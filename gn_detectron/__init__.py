@@ -1,0 +1,11 @@
+"""gn_detectron: fast Group Normalization for Detectron2.
+
+- ``gn_detectron.ops.group_norm``: the functional op (CPU and CUDA kernels, fused ReLU).
+- ``gn_detectron.layers.GroupNorm``: a drop-in ``torch.nn.GroupNorm`` that runs on it.
+- ``gn_detectron.convert_group_norm(model)``: swaps every ``nn.GroupNorm`` of a model for it.
+"""
+from . import layers, ops
+from .layers import GroupNorm, convert_group_norm
+
+__version__ = "0.1.0"
+__all__ = ["ops", "layers", "GroupNorm", "convert_group_norm", "__version__"]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Create (or complete) the project's virtual environment in .venv/ and build the extension.
+# Each step is skipped when it is already done, so running this again is cheap.
+#   - torch 2.14.1 + torchvision 0.29.1
+#   - detectron2 (sal-detectron2 0.7.2, a cp310 wheel of upstream detectron2 a59f0563, installed with
+#     `installer`), unless a working detectron2 is already importable in the venv
+#   - detectron2's runtime dependencies, test tools
+#   - the gn_detectron extension (C++ CPU kernels; CUDA kernels too when a CUDA toolkit is found)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+TORCH_VERSION=2.14.1
+TORCHVISION_VERSION=0.29.1
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment in $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+# pip prints a warning for every local index folder it does not find; keep only the rest.
+quiet_pip() { "$VPY" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
+pip_install() { quiet_pip install "$@"; }
+
+if ! "$VPY" -c "import torch, torchvision, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
+  log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION (a few minutes)"
+  pip_install --upgrade pip
+  pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+fi
+
+# detectron2's dependencies (installer does not install them) and the project's tools.
+if ! "$VPY" -c "import fvcore, iopath, pycocotools, yacs, omegaconf, hydra, termcolor, tabulate, cloudpickle, tqdm, matplotlib, tensorboard, PIL, cv2, packaging, pytest, ninja, installer, safetensors, timm" 2>/dev/null; then
+  log "installing detectron2's dependencies and the test tools"
+  pip_install "setuptools<81" wheel ninja installer pytest \
+    fvcore iopath pycocotools yacs "omegaconf>=2.1,<2.4" hydra-core termcolor tabulate \
+    cloudpickle tqdm matplotlib tensorboard Pillow opencv-python-headless packaging \
+    safetensors timm
+fi
+
+if ! "$VPY" -c "import detectron2.modeling, detectron2.model_zoo" 2>/dev/null; then
+  log "installing detectron2 (sal-detectron2 0.7.2 wheel through installer)"
+  tmp=$(mktemp -d)
+  quiet_pip download --no-deps --only-binary=:all: \
+    --python-version 3.10 --implementation cp sal-detectron2==0.7.2 -d "$tmp"
+  "$VPY" -m installer "$tmp"/sal_detectron2-0.7.2-*.whl
+  rm -rf "$tmp"
+  "$VPY" -c "import detectron2.modeling, detectron2.model_zoo"
+else
+  log "detectron2 already works in the venv: kept"
+fi
+
+# The extension. Rebuilt by setuptools/ninja only when sources changed.
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDA_HOME=/usr/local/cuda
+fi
+log "building the gn_detectron extension (CUDA_HOME=${CUDA_HOME:-none})"
+"$VPY" setup.py -q build_ext --inplace 2>&1 | grep -v -E '^(copying|running)' || { echo "[setup] extension build failed" >&2; exit 1; }
+"$VPY" -c "import gn_detectron.ops as o; print('[setup]', o.backend_info()['extension'])"
