@@ -9,3 +9,15 @@ from .layers import GroupNorm, convert_group_norm
 
 __version__ = "0.1.0"
 __all__ = ["ops", "layers", "GroupNorm", "convert_group_norm", "__version__"]
+
+
+def __getattr__(name):
+    # The detectron2 integration is imported on first use: the ops and layers need only torch.
+    import importlib
+
+    if name == "add_gn_config":
+        return importlib.import_module(".config", __name__).add_gn_config
+    if name in ("build_model", "modeling"):
+        modeling = importlib.import_module(".modeling", __name__)
+        return modeling.build_model if name == "build_model" else modeling
+    raise AttributeError(f"module 'gn_detectron' has no attribute {name!r}")

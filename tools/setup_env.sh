@@ -52,6 +52,10 @@ else
   log "detectron2 already works in the venv: kept"
 fi
 
+# The repository on the venv's path (an in-place "develop" install: edits take effect at once).
+SITE=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+[ -f "$SITE/gn_detectron.pth" ] || echo "$ROOT" > "$SITE/gn_detectron.pth"
+
 # The extension. Rebuilt by setuptools/ninja only when sources changed.
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDA_HOME=/usr/local/cuda

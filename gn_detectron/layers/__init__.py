@@ -1,4 +1,4 @@
 """Layers: the plugin's ``GroupNorm`` module and the conversion of existing models."""
-from .group_norm import GroupNorm, convert_group_norm
+from .group_norm import GroupNorm, convert_group_norm, fuse_norm_activation
 
-__all__ = ["GroupNorm", "convert_group_norm"]
+__all__ = ["GroupNorm", "convert_group_norm", "fuse_norm_activation"]

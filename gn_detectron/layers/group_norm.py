@@ -6,7 +6,7 @@ from torch import nn
 
 from ..ops import FUSED_ACTIVATIONS, group_norm
 
-__all__ = ["GroupNorm", "convert_group_norm"]
+__all__ = ["GroupNorm", "convert_group_norm", "fuse_norm_activation"]
 
 
 class GroupNorm(nn.GroupNorm):
@@ -58,14 +58,43 @@ class GroupNorm(nn.GroupNorm):
         return new
 
 
-def convert_group_norm(module: nn.Module) -> nn.Module:
+def _is_relu(fn) -> bool:
+    return isinstance(fn, nn.ReLU) or fn in (torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_)
+
+
+def fuse_norm_activation(module: nn.Module) -> int:
+    """Fuses ``norm`` + ``activation`` pairs of detectron2-style conv layers (any module with
+    ``norm`` and ``activation`` attributes, applied in that order, such as
+    ``detectron2.layers.Conv2d``) where the norm is the plugin's GroupNorm and the activation a
+    ReLU: the GroupNorm applies the ReLU in its kernel and the layer's activation is removed.
+    Returns the number of fused pairs."""
+    fused = 0
+    for m in module.modules():
+        norm, act = getattr(m, "norm", None), getattr(m, "activation", None)
+        if isinstance(norm, GroupNorm) and norm.activation is None and act is not None and _is_relu(act):
+            norm.activation = "relu"
+            m.activation = None
+            fused += 1
+    return fused
+
+
+def convert_group_norm(module: nn.Module, fuse_activation: bool = True) -> nn.Module:
     """Returns ``module`` with every ``torch.nn.GroupNorm`` replaced by :class:`GroupNorm`,
     parameters kept (shared, not copied), in the style of ``nn.SyncBatchNorm.convert_sync_batchnorm``.
-    A module that already is the plugin's GroupNorm is left as it is."""
+    A module that already is the plugin's GroupNorm is left as it is. With ``fuse_activation``,
+    detectron2 ``Conv2d`` layers that apply GN then ReLU run both in one kernel
+    (:func:`fuse_norm_activation`)."""
+    module = _replace_group_norm(module)
+    if fuse_activation:
+        fuse_norm_activation(module)
+    return module
+
+
+def _replace_group_norm(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.GroupNorm) and not isinstance(module, GroupNorm):
         return GroupNorm.from_native(module)
     for name, child in module.named_children():
-        new = convert_group_norm(child)
+        new = _replace_group_norm(child)
         if new is not child:
             setattr(module, name, new)
     return module
