@@ -1,0 +1,35 @@
+"""``setup_cfg``: the config of a training run, read in one place from the command line."""
+import logging
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.engine import default_setup
+
+from ..config import add_gn_config
+
+__all__ = ["setup_cfg"]
+
+logger = logging.getLogger(__name__)
+
+
+def setup_cfg(args, freeze=True):
+    """Builds the config of ``args`` (``--config-file`` and trailing ``KEY VALUE`` opts) with
+    ``MODEL.GN`` added, the built-in shapes datasets registered, and detectron2's
+    ``default_setup`` (logging, output dir, seeds) applied. With no GPU present and
+    ``MODEL.DEVICE`` "cuda", the model runs on the CPU (logged)."""
+    from ..data import register_shapes_datasets
+
+    cfg = get_cfg()
+    add_gn_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    fell_back = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if fell_back:
+        cfg.MODEL.DEVICE = "cpu"
+    if freeze:
+        cfg.freeze()
+    register_shapes_datasets()
+    default_setup(cfg, args)
+    if fell_back:
+        logging.getLogger("detectron2").info("No GPU found: MODEL.DEVICE set to 'cpu'")
+    return cfg

@@ -1,0 +1,101 @@
+"""``GNTrainer``: detectron2's ``DefaultTrainer`` with the plugin's model building, COCO
+evaluation, CPU multi-process training and a results file."""
+import json
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+import torch
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint.checkpointer import GNCheckpointer
+from ..modeling import build_model
+
+__all__ = ["GNTrainer", "create_ddp_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_ddp_model(model, *, broadcast_buffers=False):
+    """Wraps ``model`` in DistributedDataParallel when there are several processes. On a GPU each
+    process drives its local device; on the CPU (gloo) DDP takes no ``device_ids`` (detectron2's
+    own helper passes them, which CPU DDP refuses)."""
+    if comm.get_world_size() == 1:
+        return model
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    device_ids = [comm.get_local_rank()] if on_gpu else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=broadcast_buffers)
+
+
+class GNTrainer(DefaultTrainer):
+    """Trains and evaluates a detectron2 model whose GN layers follow ``MODEL.GN``.
+
+    Differences from ``DefaultTrainer``: the model comes from :func:`gn_detectron.build_model`;
+    weights load through :class:`GNCheckpointer`; evaluation is ``COCOEvaluator`` (bbox and, with
+    ``MODEL.MASK_ON``, segm); several processes also train on the CPU (gloo); :meth:`test` writes
+    ``OUTPUT_DIR/results.json``.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = GNCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        logger.info("Model:\n{}".format(model))
+        return model
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            write_results(cfg.OUTPUT_DIR, results)
+        return results
+
+
+def write_results(output_dir, results):
+    """Writes the evaluation results (dataset -> task -> metric -> value) to
+    ``output_dir/results.json``, atomically."""
+    os.makedirs(output_dir, exist_ok=True)
+
+    def plain(obj):
+        if isinstance(obj, (dict, OrderedDict)):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, torch.Tensor):
+            return obj.tolist()
+        if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+            return None
+        return obj
+
+    path = os.path.join(output_dir, "results.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(plain(results), f, indent=1)
+    os.replace(tmp, path)
+    return path
