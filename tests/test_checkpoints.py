@@ -16,6 +16,7 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 
 import gn_detectron  # noqa: E402
+from gn_detectron.checkpoint import GNCheckpointer  # noqa: E402
 from gn_detectron.modeling.backbone import build_gn_resnet_backbone  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def test_caffe2_gn_blobs_load_into_plugin_model(tmp_path):
         pickle.dump({"blobs": blobs}, f)
 
     model = gn_detectron.build_model(gn_cfg())
-    DetectionCheckpointer(model).load(str(path))
+    GNCheckpointer(model).load(str(path))
     bottom_up = model.backbone.bottom_up.state_dict()
     norm_keys = [k for k in bottom_up if ".norm." in k]
     assert len(norm_keys) == 2 * 53  # stem + 16 blocks x 3 convs + 4 shortcuts
@@ -106,7 +107,7 @@ def test_timm_resnet50_gn_conversion_matches_timm_features(tmp_path, fmt):
     cfg = gn_cfg(MODEL__BACKBONE__FREEZE_AT=0)
     backbone = gn_detectron.modeling.apply_gn_spec(build_gn_resnet_backbone(cfg, ShapeSpec(channels=3)),
                                                    gn_detectron.modeling.GNSpec.from_config(cfg)).eval()
-    DetectionCheckpointer(backbone).load(str(out))
+    GNCheckpointer(backbone).load(str(out))
     x = torch.randn(2, 3, 128, 96)
     with torch.no_grad():
         ours = backbone(x)
