@@ -46,21 +46,22 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"] + cpu_arch_flags()
+    cxx = ["-O3", "-fopenmp"] + cpu_arch_flags()  # the C++ standard: torch's choice
     define_macros = []
     home = cuda_home()
     if home is None:
-        return [CppExtension("gn_detectron._C", sources, extra_compile_args={"cxx": cxx},
+        return [CppExtension("gn_detectron._C", sources, include_dirs=[os.path.join(ROOT, CSRC)],
+                             extra_compile_args={"cxx": cxx},
                              extra_link_args=["-fopenmp"], define_macros=define_macros)]
 
     os.environ["CUDA_HOME"] = home
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     define_macros += [("GN_WITH_CUDA", None), ("GN_CUDA_ARCHS", '"%s"' % archs)]
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo",
             "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
-    return [CUDAExtension("gn_detectron._C", sources,
+    return [CUDAExtension("gn_detectron._C", sources, include_dirs=[os.path.join(ROOT, CSRC)],
                           extra_compile_args={"cxx": cxx, "nvcc": nvcc},
                           extra_link_args=["-fopenmp"], define_macros=define_macros)]
 

@@ -23,3 +23,19 @@ def rel_error(a, b):
     """max |a - b| / max(max |b|, 1e-12)"""
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() if b.numel() else 0.0
+
+
+def reference_grads(x, num_groups, weight, bias, dy, relu=False, output=None, eps=1e-5):
+    """float64 (dx, dweight, dbias) of GN (then ReLU) by autograd through the reference. With
+    ``relu``, the ReLU's gradient mask is taken from ``output`` (the op's own output, > 0) when
+    given: where z is within rounding of 0 the float64 z may have the other sign, and the op's
+    gradient is defined by its own output, as for torch.relu."""
+    xr = x.detach().double().requires_grad_()
+    wr = weight.detach().double().requires_grad_() if weight is not None else None
+    br = bias.detach().double().requires_grad_() if bias is not None else None
+    g = dy.double()
+    if relu and output is not None:
+        g = g * (output.detach() > 0)
+        relu = False
+    group_norm_reference(xr, num_groups, wr, br, eps=eps, relu=relu).backward(g)
+    return xr.grad, (wr.grad if wr is not None else None), (br.grad if br is not None else None)

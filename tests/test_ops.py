@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _reference import group_norm_reference, rel_error
+from _reference import group_norm_reference, reference_grads, rel_error
 from gn_detectron.ops import backend_info, group_norm
 
 # (shape, groups): G in {1, 2, 32, C}; channels per group not a power of two; 1-D/2-D/3-D
@@ -51,16 +51,24 @@ def test_forward_matches_reference_and_torch(device, shape, G, relu):
 @pytest.mark.parametrize("shape,G", SHAPES, ids=_ids(SHAPES))
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
 def test_backward_matches_reference(device, shape, G, relu):
+    """Gradients within 1e-4 of the float64 reference, or no further from it than twice
+    PyTorch's own fp32 error (groups of 2-3 elements are ill-conditioned for everyone)."""
     x = torch.randn(shape, device=device) * 2 - 1
     w, b = _affine(shape[1], device)
     dy = torch.randn(shape, device=device)
-    xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
-    group_norm(xs, G, ws, bs, activation="relu" if relu else None).backward(dy)
-    xr, wr, br = (t.double().requires_grad_() for t in (x, w, b))
-    group_norm_reference(xr, G, wr, br, relu=relu).backward(dy.double())
-    for got, want in ((xs.grad, xr.grad), (ws.grad, wr.grad), (bs.grad, br.grad)):
+    act = "relu" if relu else None
+
+    def grads(fn):
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        fn(xs, ws, bs).backward(dy)
+        return xs.grad, ws.grad, bs.grad
+
+    ours = grads(lambda x_, w_, b_: group_norm(x_, G, w_, b_, activation=act))
+    native = grads(lambda x_, w_, b_: (torch.relu if relu else (lambda t: t))(F.group_norm(x_, G, w_, b_)))
+    y = group_norm(x, G, w, b, activation=act)
+    for got, nat, want in zip(ours, native, reference_grads(x, G, w, b, dy, relu=relu, output=y)):
         assert got.dtype == torch.float32
-        assert rel_error(got, want) < 1e-4
+        assert rel_error(got, want) <= max(1e-4, 2 * rel_error(nat, want))
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
@@ -96,9 +104,8 @@ def test_channels_last_native_and_preserved(device, memory_format, shape, relu):
     dy = torch.randn(shape, device=device).to(memory_format=memory_format)
     y.backward(dy)
     assert xs.grad.is_contiguous(memory_format=memory_format)
-    xr = x.double().requires_grad_()
-    group_norm_reference(xr, 8, w, b, relu=relu).backward(dy.double())
-    assert rel_error(xs.grad, xr.grad) < 1e-4
+    dx_ref, _, _ = reference_grads(x, 8, w, b, dy, relu=relu, output=y)
+    assert rel_error(xs.grad, dx_ref) < 1e-4
 
 
 def test_channels_last_1d(device):
@@ -143,20 +150,22 @@ def test_half_precision(device, dtype, tol, memory_format, param_dtype):
     dy = torch.randn_like(x, dtype=torch.float32).to(dtype)
     y.backward(dy)
     assert xs.grad.dtype == dtype and ws.grad.dtype == pdt and bs.grad.dtype == pdt
-    xr, wr, br = (t.double().requires_grad_() for t in (x, w, b))
-    group_norm_reference(xr, 32, wr, br, relu=True).backward(dy.double())
-    assert rel_error(xs.grad, xr.grad) < 4 * tol
-    assert rel_error(ws.grad, wr.grad) < 4 * tol
-    assert rel_error(bs.grad, br.grad) < 4 * tol
+    dx_ref, dw_ref, db_ref = reference_grads(x, 32, w, b, dy, relu=True, output=y)
+    assert rel_error(xs.grad, dx_ref) < 4 * tol
+    assert rel_error(ws.grad, dw_ref) < 4 * tol
+    assert rel_error(bs.grad, db_ref) < 4 * tol
 
 
 def test_large_mean_accuracy(device):
-    """mean 1e4, std 1: normalised at least as accurately as PyTorch does it."""
+    """mean 1e4, std 1: normalised at least as accurately as PyTorch does it, up to the float32
+    rounding of the mean itself (half an ulp of 1e4 = 4.9e-4, times rstd = 1), which bounds any
+    kernel that keeps the mean in float32, PyTorch's included."""
     x = torch.randn(2, 32, 40, 40, device=device) + 1e4
     ref = group_norm_reference(x, 8)
-    err = rel_error(group_norm(x, 8), ref)
-    err_torch = rel_error(F.group_norm(x, 8), ref)
-    assert err <= max(err_torch, 1e-4), (err, err_torch)
+    err = (group_norm(x, 8).double() - ref).abs().max().item()
+    err_torch = (F.group_norm(x, 8).double() - ref).abs().max().item()
+    mean_rounding = 0.5 * torch.finfo(torch.float32).eps * 2 ** 13  # half an ulp at 1e4
+    assert err <= max(err_torch, 1.5 * mean_rounding), (err, err_torch)
     # and the gradient stays accurate too
     dy = torch.randn_like(x)
     xs = x.clone().requires_grad_()
@@ -187,13 +196,12 @@ def test_weight_bias_optional(device, affine):
     y = group_norm(xs, 4, ps[0], ps[1], activation="relu")
     torch.testing.assert_close(y, torch.relu(F.group_norm(x, 4, w, b)), rtol=1e-5, atol=1e-5)
     y.sum().backward()
-    xr = x.clone().requires_grad_()
-    pr = [t.clone().requires_grad_() if t is not None else None for t in (w, b)]
-    torch.relu(F.group_norm(xr, 4, pr[0], pr[1])).sum().backward()
-    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-5)
-    for p, q in zip(ps, pr):
+    # the float64 reference, not PyTorch: its CUDA backward fails for a bias without a weight
+    dx, dw, db = reference_grads(x, 4, w, b, torch.ones_like(x), relu=True, output=y)
+    assert rel_error(xs.grad, dx) < 1e-4
+    for p, q in zip(ps, (dw, db)):
         if p is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+            assert rel_error(p.grad, q) < 1e-4
 
 
 @pytest.mark.parametrize("shape", [(0, 32, 5, 5), (2, 32, 0, 5), (0, 32), (2, 32, 0)])
@@ -202,8 +210,9 @@ def test_empty(device, shape):
     w = torch.ones(32, device=device, requires_grad=True)
     b = torch.zeros(32, device=device, requires_grad=True)
     y = group_norm(x, 8, w, b, activation="relu")
-    ref = F.group_norm(x.detach(), 8, w.detach(), b.detach())
-    assert y.shape == ref.shape == x.shape
+    assert y.shape == x.shape
+    if x.numel() == 0 and x.shape[0] == 0:  # PyTorch accepts N = 0 but not empty spatial dims
+        assert F.group_norm(x.detach(), 8, w.detach(), b.detach()).shape == x.shape
     y.sum().backward()
     assert x.grad.shape == x.shape
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
@@ -379,7 +388,8 @@ def test_autocast_keeps_half_output(device):
         y = group_norm(h, 8, w, b, activation="relu")
         native = F.group_norm(h, 8, w, b)
     assert y.dtype == dtype and w.dtype == torch.float32
-    assert native.dtype == torch.float32  # what the plugin avoids
+    if device == "cuda":
+        assert native.dtype == torch.float32  # what the plugin avoids: CUDA autocast upcasts GN
     ref = group_norm_reference(h.detach(), 8, w.detach(), b.detach(), relu=True)
     assert rel_error(y, ref) < 1.6e-2
     y.float().sum().backward()

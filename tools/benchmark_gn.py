@@ -83,10 +83,9 @@ def make_inputs(shape, dtype, fmt, device, sets):
     out = []
     for _ in range(sets):
         x = torch.randn(shape, device=device, dtype=torch.float32).to(dtype).to(memory_format=fmt)
-        w = (torch.rand(C, device=device) + 0.5)
-        b = torch.randn(C, device=device) * 0.1
-        if dtype == torch.float64:
-            w, b = w.double(), b.double()
+        # parameters in the input's dtype: PyTorch's CUDA kernel needs them to match
+        w = (torch.rand(C, device=device) + 0.5).to(dtype)
+        b = (torch.randn(C, device=device) * 0.1).to(dtype)
         out.append((x, w, b, torch.randn_like(x)))
     return out
 
@@ -166,8 +165,8 @@ def main(argv=None):
         shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     else:
         shapes = QUICK_SHAPES if args.quick else DETECTION_SHAPES
-    reps = args.reps or (30 if on_gpu else (3 if args.quick else 7))
-    timer = Timer(device, warmup=5 if on_gpu else 1, reps=reps, min_time=0.2 if on_gpu else 0.0)
+    reps = args.reps or (20 if on_gpu else (3 if args.quick else 7))
+    timer = Timer(device, warmup=5 if on_gpu else 1, reps=reps, min_time=0.05 if on_gpu else 0.0)
     sets = 1
     if on_gpu:
         l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)

@@ -33,7 +33,7 @@ step "tests (path auto, all cuda tests incl. slow)"
 GN_DETECTRON_CUDA_PATH=auto timeout 300 "$PY" -m pytest -q -p no:cacheprovider --maxfail=30 --tb=short \
   tests/test_ops_cuda.py tests/test_ops.py -k "cuda" > "$OUT/tests.log" 2>&1 || status=1
 tail -3 "$OUT/tests.log"
-for path in split onepass; do
+for path in split; do
   step "tests (path $path)"
   GN_DETECTRON_CUDA_PATH=$path timeout 200 "$PY" -m pytest -q -p no:cacheprovider --tb=short \
     tests/test_ops_cuda.py tests/test_ops.py -k "cuda and not 2_pow_31" >> "$OUT/tests.log" 2>&1 || status=1
@@ -42,16 +42,18 @@ done
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
 
 if [ "$QUICK" != "--quick" ] && command -v compute-sanitizer > /dev/null; then
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool"
-    for path in split onepass; do
-      GN_DETECTRON_CUDA_PATH=$path timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
-        "$PY" tools/sanitizer_case.py >> "$OUT/sanitizer.log" 2>&1
-      rc=$?; echo "$tool/$path: exit $rc"; [ $rc -eq 0 ] || status=1
-    done
+  for run in memcheck/split memcheck/onepass racecheck/split racecheck/onepass; do
+    tool=${run%/*}; path=${run#*/}
+    step "compute-sanitizer $tool, path $path"
+    GN_DETECTRON_CUDA_PATH=$path timeout 90 compute-sanitizer --tool $tool --error-exitcode 9 \
+      "$PY" tools/sanitizer_case.py >> "$OUT/sanitizer.log" 2>&1
+    rc=$?; echo "$tool/$path: exit $rc"; [ $rc -eq 0 ] || status=1
   done
   grep -E "ERROR SUMMARY|Error" "$OUT/sanitizer.log" | sort | uniq -c | head
 fi
+
+step "host overhead per call"
+"$PY" tools/overhead_gn.py 2>&1 | tee "$OUT/overhead.log"
 
 step "benchmark"
 timeout 300 "$PY" tools/benchmark_gn.py --device cuda --json "$OUT/benchmark_gn.json" > "$OUT/benchmark.log" 2>&1 || status=1

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/autograd.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -25,6 +26,67 @@ Triple forward_autocast(const at::Tensor& input, int64_t num_groups,
   return op.call(input, num_groups, weight, bias, eps, relu);
 }
 
+// Autograd of group_norm_fwd, in C++ so that a training step pays no Python per GN layer.
+// Saves x, mean and rstd (and the affine parameters); the backward calls group_norm_bwd, which
+// recomputes the normalized values (and the ReLU mask) from them.
+class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
+ public:
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const at::Tensor& input, int64_t num_groups,
+      const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+      bool relu) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("gn_detectron::group_norm_fwd", "")
+                         .typed<Triple(const at::Tensor&, int64_t, const c10::optional<at::Tensor>&,
+                                       const c10::optional<at::Tensor>&, double, bool)>();
+    auto [y, mean, rstd] = op.call(input, num_groups, weight, bias, eps, relu);
+    const at::Tensor w = weight.has_value() ? *weight : at::Tensor();
+    const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
+    ctx->save_for_backward({input, mean, rstd, w, b});
+    ctx->saved_data["num_groups"] = num_groups;
+    ctx->saved_data["relu"] = relu;
+    ctx->mark_non_differentiable({mean, rstd});
+    return {y, mean, rstd};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const at::Tensor& w = saved[3];
+    const at::Tensor& b = saved[4];
+    const at::Tensor& grad_out = grads[0];
+    // needs_input_grad counts the tensor arguments that were given: input, then weight and bias
+    // where present
+    const size_t bias_edge = w.defined() ? 2 : 1;
+    std::array<bool, 3> mask = {ctx->needs_input_grad(0), w.defined() && ctx->needs_input_grad(1),
+                                b.defined() && ctx->needs_input_grad(bias_edge)};
+    if (!grad_out.defined() || !(mask[0] || mask[1] || mask[2])) {
+      return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("gn_detectron::group_norm_bwd", "")
+            .typed<Triple(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, const c10::optional<at::Tensor>&,
+                          const c10::optional<at::Tensor>&, int64_t, bool, std::array<bool, 3>)>();
+    auto [dx, dw, db] = op.call(
+        grad_out, input, saved[1], saved[2], w.defined() ? c10::optional<at::Tensor>(w) : c10::nullopt,
+        b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt,
+        ctx->saved_data["num_groups"].toInt(), ctx->saved_data["relu"].toBool(), mask);
+    return {mask[0] ? dx : at::Tensor(), at::Tensor(), mask[1] ? dw : at::Tensor(),
+            mask[2] ? db : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+Triple forward_autograd(const at::Tensor& input, int64_t num_groups,
+                        const c10::optional<at::Tensor>& weight,
+                        const c10::optional<at::Tensor>& bias, double eps, bool relu) {
+  auto out = GroupNormFunction::apply(input, num_groups, weight, bias, eps, relu);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(gn_detectron, m) {
@@ -36,6 +98,10 @@ TORCH_LIBRARY(gn_detectron, m) {
   m.def("group_norm_bwd(Tensor grad_output, Tensor input, Tensor mean, Tensor rstd, "
         "Tensor? weight, Tensor? bias, int num_groups, bool relu, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(gn_detectron, Autograd, m) {
+  m.impl("group_norm_fwd", forward_autograd);
 }
 
 TORCH_LIBRARY_IMPL(gn_detectron, AutocastCPU, m) {

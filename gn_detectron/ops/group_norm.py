@@ -1,8 +1,9 @@
 """``group_norm``: the functional Group Normalization operator with a fused activation.
 
 The compiled operators ``torch.ops.gn_detectron.group_norm_fwd`` / ``group_norm_bwd`` carry the
-kernels; this module adds what PyTorch needs around them to make one differentiable op that works
-in eager mode and under ``torch.compile``: the autograd formula and the fake (meta) kernels.
+kernels and the autograd formula (csrc/ops.cpp); this module adds the fake (meta) kernels that
+``torch.compile`` traces with, argument checks with Python exception types, and the fallback to
+PyTorch's kernel where the extension is missing.
 """
 import warnings
 from typing import Optional
@@ -112,7 +113,7 @@ def group_norm(
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd and fake kernels of the compiled operators.
+# Fake kernels of the compiled operators: output shapes, dtypes and layouts without computing.
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -139,34 +140,11 @@ def _fake_backward(grad_output, input, mean, rstd, weight, bias, num_groups, rel
     return dx, dw, db
 
 
-def _setup_context(ctx, inputs, output):
-    input, num_groups, weight, bias, eps, relu = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(input, mean, rstd, weight, bias)
-    ctx.num_groups = num_groups
-    ctx.relu = relu
-
-
-def _backward(ctx, grad_out, grad_mean, grad_rstd):
-    input, mean, rstd, weight, bias = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    mask = [bool(needs[0]), weight is not None and bool(needs[2]), bias is not None and bool(needs[3])]
-    if grad_out is None or not any(mask):
-        return None, None, None, None, None, None
-    dx, dw, db = torch.ops.gn_detectron.group_norm_bwd(
-        grad_out, input, mean, rstd, weight, bias, ctx.num_groups, ctx.relu, mask
-    )
-    return (dx if mask[0] else None, None, dw if mask[1] else None, db if mask[2] else None, None, None)
-
-
 def _register_python_parts():
     if load_extension() is None:
         return
     torch.library.register_fake("gn_detectron::group_norm_fwd")(_fake_forward)
     torch.library.register_fake("gn_detectron::group_norm_bwd")(_fake_backward)
-    torch.library.register_autograd(
-        "gn_detectron::group_norm_fwd", _backward, setup_context=_setup_context
-    )
 
 
 _register_python_parts()

@@ -1,0 +1,740 @@
+// CPU kernels of the gn_detectron Group Normalization operator (contract: ../group_norm.h).
+//
+// Layouts
+//   NCHW (N, C, HxW): a group is one contiguous run of m = (C/G)*HxW elements.
+//     forward : per group, moments over fixed blocks of kBlock elements (corrected two-pass inside
+//               the cache-resident block, blocks merged in double with Chan's formula in block
+//               order), then y = (x - mean)*scale_c + beta_c (+relu) per channel row.
+//     backward: per channel row ds = sum g*(x - mean), db = sum g over fixed blocks (block sums in
+//               double, in block order); per group the coefficients; then dx = scale_c*g +
+//               bx*(x - mean) + c1 per row.
+//     Work is parallel over the N*G groups (stats and apply fused in one task, so the second
+//     pass over a group reads it from cache); when there are too few groups for the threads, the
+//     same blocks are spread over the threads instead and their partial results combined in the
+//     same order afterwards, which gives bitwise the same numbers.
+//   channels_last (N, HxW, C): rows of C contiguous channels, handled natively.
+//     forward : parallel over (n, chunk of rows); per chunk per-channel sums, per-group chunk
+//               mean, per-channel sums of deviations; the chunk moments of each (n, g) are then
+//               merged in chunk order; then y row by row with per-(n, c) mean/scale/shift vectors.
+//     backward: parallel over (n, chunk of rows): per-channel partial ds/db of the chunk into a
+//               small buffer, summed over chunks in chunk order; coefficients; dx row by row.
+// Determinism: every reduction is split into pieces whose boundaries depend on the problem shape
+// only, each piece is reduced by the same code in a fixed order, and pieces are combined in a
+// fixed order; so outputs and gradients are bitwise identical for any thread count.
+// fp16/bf16 are converted block by block to float; all math is in float (double for double).
+#include "../group_norm.h"
+#include "../register.h"
+#include "group_norm_cpu_util.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+namespace gn_detectron {
+namespace {
+
+using namespace cpu;
+
+constexpr int64_t kBlock = 4096;      // NCHW reduction block (elements): 16 KiB of float, L1
+constexpr int64_t kClFwdElems = 16384;  // channels_last forward chunk target (elements), L2
+constexpr int64_t kClFwdMaxRows = 512;
+constexpr int64_t kClBwdElems = 65536;  // channels_last backward chunk target (elements)
+constexpr int64_t kClBwdMaxRows = 256;  // rows summed in T per chunk (then double)
+constexpr int64_t kConvElems = 4096;    // conversion batch for fp16/bf16 (elements)
+constexpr int64_t kMinTaskElems = 16384;  // smallest amount of work worth a thread
+constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs this large bypass the caches
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Whether a float/double output of this problem is written with streaming stores.
+template <typename scalar_t>
+inline bool use_stream(const GroupNormProblem& p) {
+  if constexpr (!std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+    (void)p;
+    return false;
+  } else {
+    static const bool off = std::getenv("GN_NOSTREAM") != nullptr;  // TEMP
+    return !off && GN_CPU_HAVE_STREAM && p.N * p.C * p.HxW * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+  }
+}
+
+inline int64_t grain_for(int64_t elems_per_item) {
+  return std::max<int64_t>(1, kMinTaskElems / std::max<int64_t>(1, elems_per_item));
+}
+
+// True when the groups alone keep every thread busy (else finer work items are used; both ways
+// compute bitwise the same numbers).
+inline bool enough_groups(int64_t NG) {
+  const int64_t nt = at::get_num_threads();
+  return NG >= 4 * nt || (NG >= nt && NG % nt == 0);
+}
+
+template <typename T>
+inline T affine_or(const T* p, int64_t c, T dflt) {
+  return p ? p[c] : dflt;
+}
+
+template <typename T>
+inline void finish_moments(const Moments& mo, int64_t m, double eps, T& mean, T& rstd) {
+  const double var = std::max(mo.m2 / double(m), 0.0);
+  mean = T(mo.mean);
+  rstd = T(1.0 / std::sqrt(var + eps));
+}
+
+// dgamma[c] = sum_n rstd[n, g]*DS[n, c], dbeta[c] = sum_n DB[n, c], n in order.
+template <typename T>
+void affine_grads(const GroupNormProblem& p, const std::vector<double>& DS,
+                  const std::vector<double>& DB, const T* rstd, T* dgamma, T* dbeta) {
+  if (!dgamma && !dbeta) return;
+  const int64_t N = p.N, C = p.C, G = p.G, D = C / G;
+  at::parallel_for(0, C, grain_for(N), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double sg = 0, sb = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        sg += double(rstd[n * G + c / D]) * DS[n * C + c];
+        sb += DB[n * C + c];
+      }
+      if (dgamma) dgamma[c] = T(sg);
+      if (dbeta) dbeta[c] = T(sb);
+    }
+  });
+}
+
+// dx = sc*g + bx*(x - mean) + c1 with bx, c1 from the group sums (see group_norm.h):
+// bx = -rstd^3/m * sum_c gamma_c*ds_c, c1 = -rstd/m * sum_c gamma_c*db_c.
+template <typename T>
+inline void group_coeffs(const double* ds, const double* db, const T* gamma, int64_t c0,
+                         int64_t D, double r, double m, T& bx, T& c1) {
+  double sds = 0, sdb = 0;
+  for (int64_t j = 0; j < D; ++j) {
+    const double gc = gamma ? double(gamma[c0 + j]) : 1.0;
+    sds += gc * ds[j];
+    sdb += gc * db[j];
+  }
+  bx = T(-r * r * r * sds / m);
+  c1 = T(-r * sdb / m);
+}
+
+// =============================================================================================
+// NCHW
+
+template <typename scalar_t, bool RELU>
+void forward_nchw(const GroupNormProblem& p, const scalar_t* X, const at::opmath_type<scalar_t>* gamma,
+                  const at::opmath_type<scalar_t>* beta, scalar_t* Y,
+                  at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool kConv = !std::is_same_v<scalar_t, T>;
+  const int64_t N = p.N, C = p.C, HW = p.HxW, G = p.G, D = C / G, m = D * HW, NG = N * G;
+  const int64_t nb = ceil_div(m, kBlock);
+  const bool stream = use_stream<scalar_t>(p);
+
+  auto block_stats = [&](int64_t i, int64_t b, T* buf) {
+    const int64_t off = b * kBlock, len = std::min(kBlock, m - off);
+    return block_moments(load_block<scalar_t, T>(X + i * m + off, buf, len), len);
+  };
+  // y of flat block b of group i (the block may span several channel rows). The block is computed
+  // into a cache-resident buffer first when it must be converted or streamed out.
+  auto apply_block = [&](int64_t i, int64_t b, T* bx, T* by) {
+    const int64_t g = i % G, off = b * kBlock, len = std::min(kBlock, m - off);
+    const scalar_t* xs = X + i * m + off;
+    scalar_t* ys = Y + i * m + off;
+    const T* xb = load_block<scalar_t, T>(xs, bx, len);
+    T* yb = stream ? by : out_block<scalar_t, T>(ys, by);
+    const T mu = mean[i], rs = rstd[i];
+    for (int64_t f = off; f < off + len;) {
+      const int64_t j = f / HW, e = std::min(off + len, (j + 1) * HW), c = g * D + j;
+      apply_row<T, RELU>(xb + (f - off), yb + (f - off), e - f, mu, rs * affine_or(gamma, c, T(1)),
+                         affine_or(beta, c, T(0)));
+      f = e;
+    }
+    if constexpr (kConv) store_block<scalar_t, T>(ys, yb, len);
+    else if (stream) stream_copy(ys, yb, len);
+  };
+
+  if (enough_groups(NG)) {
+    at::parallel_for(0, NG, grain_for(m), [&](int64_t begin, int64_t end) {
+      std::vector<T> buf(kConv || stream ? 2 * kBlock : 0);
+      for (int64_t i = begin; i < end; ++i) {
+        Moments acc;
+        for (int64_t b = 0; b < nb; ++b) merge(acc, block_stats(i, b, buf.data()));
+        finish_moments(acc, m, p.eps, mean[i], rstd[i]);
+        // Backwards: the blocks read last by the statistics are still in cache.
+        for (int64_t b = nb; b-- > 0;) apply_block(i, b, buf.data(), buf.data() + kBlock);
+      }
+      if (stream) stream_fence();
+    });
+    return;
+  }
+  std::vector<Moments> part(NG * nb);
+  at::parallel_for(0, NG * nb, grain_for(kBlock), [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(kConv ? kBlock : 0);
+    for (int64_t j = begin; j < end; ++j) part[j] = block_stats(j / nb, j % nb, buf.data());
+  });
+  at::parallel_for(0, NG, grain_for(nb * 64), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      Moments acc;
+      for (int64_t b = 0; b < nb; ++b) merge(acc, part[i * nb + b]);
+      finish_moments(acc, m, p.eps, mean[i], rstd[i]);
+    }
+  });
+  at::parallel_for(0, NG * nb, grain_for(kBlock), [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(kConv || stream ? 2 * kBlock : 0);
+    for (int64_t j = end; j-- > begin;) apply_block(j / nb, j % nb, buf.data(), buf.data() + kBlock);
+    if (stream) stream_fence();
+  });
+}
+
+template <typename scalar_t, bool RELU>
+void backward_nchw(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* X,
+                   const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* rstd,
+                   const at::opmath_type<scalar_t>* gamma, const at::opmath_type<scalar_t>* beta,
+                   scalar_t* dX, at::opmath_type<scalar_t>* dgamma,
+                   at::opmath_type<scalar_t>* dbeta) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool kConv = !std::is_same_v<scalar_t, T>;
+  const int64_t N = p.N, C = p.C, HW = p.HxW, G = p.G, D = C / G, NG = N * G;
+  const int64_t m_i = D * HW, nb = ceil_div(m_i, kBlock);
+  const double m = double(m_i);
+  const int64_t nbr = ceil_div(HW, kBlock);
+  const bool stream = dX && use_stream<scalar_t>(p);
+  std::vector<double> DS(N * C), DB(N * C);
+  std::vector<T> BX(dX ? NG : 0), C1(dX ? NG : 0);
+
+  struct RowParams {
+    T mu, sc, bc;
+  };
+  auto row_params = [&](int64_t row) {
+    const int64_t n = row / C, c = row % C, i = n * G + c / D;
+    return RowParams{mean[i], rstd[i] * affine_or(gamma, c, T(1)), affine_or(beta, c, T(0))};
+  };
+  // Partial (ds, db) of block b of channel row `row`.
+  auto block_sums = [&](int64_t row, int64_t b, T* bufs, T& s, T& d) {
+    const RowParams rp = row_params(row);
+    const int64_t off = row * HW + b * kBlock, len = std::min(kBlock, HW - b * kBlock);
+    const T* xb = load_block<scalar_t, T>(X + off, bufs, len);
+    const T* gb = load_block<scalar_t, T>(dY + off, bufs + kBlock, len);
+    reduce_bwd<T, RELU>(gb, xb, len, rp.mu, rp.sc, rp.bc, s, d);
+  };
+  // dx of flat block b of group i.
+  auto dx_block = [&](int64_t i, int64_t b, T* bufs) {
+    const int64_t g = i % G, off = b * kBlock, len = std::min<int64_t>(kBlock, m_i - off);
+    const int64_t at = i * m_i + off;
+    const T* xb = load_block<scalar_t, T>(X + at, bufs, len);
+    const T* gb = load_block<scalar_t, T>(dY + at, bufs + kBlock, len);
+    T* ob = stream ? bufs + 2 * kBlock : out_block<scalar_t, T>(dX + at, bufs + 2 * kBlock);
+    const T mu = mean[i], rs = rstd[i];
+    for (int64_t f = off; f < off + len;) {
+      const int64_t j = f / HW, e = std::min(off + len, (j + 1) * HW), c = g * D + j;
+      dx_row<T, RELU>(gb + (f - off), xb + (f - off), ob + (f - off), e - f, mu,
+                      rs * affine_or(gamma, c, T(1)), affine_or(beta, c, T(0)), BX[i], C1[i]);
+      f = e;
+    }
+    if constexpr (kConv) store_block<scalar_t, T>(dX + at, ob, len);
+    else if (stream) stream_copy(dX + at, ob, len);
+  };
+  auto coeffs = [&](int64_t i) {
+    const int64_t n = i / G, g = i % G;
+    group_coeffs(DS.data() + n * C + g * D, DB.data() + n * C + g * D, gamma, g * D, D,
+                 double(rstd[i]), m, BX[i], C1[i]);
+  };
+
+  if (enough_groups(NG)) {
+    at::parallel_for(0, NG, grain_for(2 * D * HW), [&](int64_t begin, int64_t end) {
+      std::vector<T> bufs(kConv || stream ? 3 * kBlock : 0);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / G, g = i % G;
+        const int64_t r0 = n * C + g * D, r1 = r0 + D;
+        for (int64_t row = r0; row < r1; ++row) {
+          double ds = 0, db = 0;
+          for (int64_t b = 0; b < nbr; ++b) {
+            T s, d;
+            block_sums(row, b, bufs.data(), s, d);
+            ds += double(s);
+            db += double(d);
+          }
+          DS[row] = ds;
+          DB[row] = db;
+        }
+        if (!dX) continue;
+        coeffs(i);
+        for (int64_t b = nb; b-- > 0;) dx_block(i, b, bufs.data());
+      }
+      if (stream) stream_fence();
+    });
+  } else {
+    const int64_t items = N * C * nbr;
+    std::vector<T> PS(items), PB(items);
+    at::parallel_for(0, items, grain_for(2 * std::min(HW, kBlock)), [&](int64_t begin, int64_t end) {
+      std::vector<T> bufs(kConv ? 2 * kBlock : 0);
+      for (int64_t j = begin; j < end; ++j) block_sums(j / nbr, j % nbr, bufs.data(), PS[j], PB[j]);
+    });
+    at::parallel_for(0, N * C, grain_for(nbr * 64), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        double ds = 0, db = 0;
+        for (int64_t b = 0; b < nbr; ++b) {
+          ds += double(PS[row * nbr + b]);
+          db += double(PB[row * nbr + b]);
+        }
+        DS[row] = ds;
+        DB[row] = db;
+      }
+    });
+    if (dX) {
+      for (int64_t i = 0; i < NG; ++i) coeffs(i);
+      at::parallel_for(0, NG * nb, grain_for(3 * kBlock), [&](int64_t begin, int64_t end) {
+        std::vector<T> bufs(kConv || stream ? 3 * kBlock : 0);
+        for (int64_t j = end; j-- > begin;) dx_block(j / nb, j % nb, bufs.data());
+        if (stream) stream_fence();
+      });
+    }
+  }
+  affine_grads(p, DS, DB, rstd, dgamma, dbeta);
+}
+
+// =============================================================================================
+// channels_last
+
+// s[c] += x[c]
+template <typename T>
+inline void sum_cl_row(const T* __restrict x, int64_t C, T* __restrict s) {
+  for (int64_t c = 0; c < C; ++c) s[c] += x[c];
+}
+
+// s[c] = sum_r x[r, c] over `rows` rows of C channels, in row order, channel blocks in registers.
+template <typename T>
+inline void sum_cl_chunk(const T* x, int64_t rows, int64_t C, T* s) {
+  using VT = V<T>;
+  constexpr int64_t W = Vec<T>::W;
+  int64_t c = 0;
+  for (; c + 4 * W <= C; c += 4 * W) {
+    VT a0{}, a1{}, a2{}, a3{};
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * C + c;
+      a0 += loadu(xr);
+      a1 += loadu(xr + W);
+      a2 += loadu(xr + 2 * W);
+      a3 += loadu(xr + 3 * W);
+    }
+    std::memcpy(s + c, &a0, sizeof(VT));
+    std::memcpy(s + c + W, &a1, sizeof(VT));
+    std::memcpy(s + c + 2 * W, &a2, sizeof(VT));
+    std::memcpy(s + c + 3 * W, &a3, sizeof(VT));
+  }
+  for (; c + W <= C; c += W) {
+    VT a0{};
+    for (int64_t r = 0; r < rows; ++r) a0 += loadu(x + r * C + c);
+    std::memcpy(s + c, &a0, sizeof(VT));
+  }
+  for (; c < C; ++c) {
+    T a0 = 0;
+    for (int64_t r = 0; r < rows; ++r) a0 += x[r * C + c];
+    s[c] = a0;
+  }
+}
+
+// Over the `rows` rows of C channels at x: d[c] = sum_r (x[r, c] - mu[c]),
+// q[c] = sum_r (x[r, c] - mu[c])^2, summed in row order. Blocks of channels are kept in registers
+// (the chunk is cache resident here).
+template <typename T>
+inline void dev_cl_chunk(const T* x, int64_t rows, int64_t C, const T* mu, T* d, T* q) {
+  using VT = V<T>;
+  constexpr int64_t W = Vec<T>::W;
+  int64_t c = 0;
+  for (; c + 4 * W <= C; c += 4 * W) {
+    const VT m0 = loadu(mu + c), m1 = loadu(mu + c + W), m2 = loadu(mu + c + 2 * W),
+             m3 = loadu(mu + c + 3 * W);
+    VT d0{}, d1{}, d2{}, d3{}, q0{}, q1{}, q2{}, q3{};
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * C + c;
+      const VT v0 = loadu(xr) - m0, v1 = loadu(xr + W) - m1, v2 = loadu(xr + 2 * W) - m2,
+               v3 = loadu(xr + 3 * W) - m3;
+      d0 += v0;
+      d1 += v1;
+      d2 += v2;
+      d3 += v3;
+      q0 = fmadd(v0, v0, q0);
+      q1 = fmadd(v1, v1, q1);
+      q2 = fmadd(v2, v2, q2);
+      q3 = fmadd(v3, v3, q3);
+    }
+    std::memcpy(d + c, &d0, sizeof(VT));
+    std::memcpy(d + c + W, &d1, sizeof(VT));
+    std::memcpy(d + c + 2 * W, &d2, sizeof(VT));
+    std::memcpy(d + c + 3 * W, &d3, sizeof(VT));
+    std::memcpy(q + c, &q0, sizeof(VT));
+    std::memcpy(q + c + W, &q1, sizeof(VT));
+    std::memcpy(q + c + 2 * W, &q2, sizeof(VT));
+    std::memcpy(q + c + 3 * W, &q3, sizeof(VT));
+  }
+  for (; c + W <= C; c += W) {
+    const VT m0 = loadu(mu + c);
+    VT d0{}, q0{};
+    for (int64_t r = 0; r < rows; ++r) {
+      const VT v0 = loadu(x + r * C + c) - m0;
+      d0 += v0;
+      q0 = fmadd(v0, v0, q0);
+    }
+    std::memcpy(d + c, &d0, sizeof(VT));
+    std::memcpy(q + c, &q0, sizeof(VT));
+  }
+  for (; c < C; ++c) {
+    T d0 = 0, q0 = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T v = x[r * C + c] - mu[c];
+      d0 += v;
+      q0 = fmadd(v, v, q0);
+    }
+    d[c] = d0;
+    q[c] = q0;
+  }
+}
+
+template <typename T, bool RELU>
+inline void apply_cl_row(const T* __restrict x, T* __restrict y, int64_t C, const T* __restrict mu,
+                         const T* __restrict sc, const T* __restrict b) {
+  for (int64_t c = 0; c < C; ++c) {
+    T z = fmadd(x[c] - mu[c], sc[c], b[c]);
+    if constexpr (RELU) z = z < T(0) ? T(0) : z;
+    y[c] = z;
+  }
+}
+
+template <typename T, bool RELU>
+inline void bwd_cl_row(const T* __restrict dy, const T* __restrict x, int64_t C,
+                       const T* __restrict mu, const T* __restrict sc, const T* __restrict b,
+                       T* __restrict ds, T* __restrict db) {
+  for (int64_t c = 0; c < C; ++c) {
+    const T xc = x[c] - mu[c];
+    T g = dy[c];
+    if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > T(0)) ? g : T(0);
+    ds[c] = fmadd(g, xc, ds[c]);
+    db[c] += g;
+  }
+}
+
+template <typename T, bool RELU>
+inline void dx_cl_row(const T* __restrict dy, const T* __restrict x, T* __restrict dx, int64_t C,
+                      const T* __restrict mu, const T* __restrict sc, const T* __restrict b,
+                      const T* __restrict bx, const T* __restrict c1) {
+  for (int64_t c = 0; c < C; ++c) {
+    const T xc = x[c] - mu[c];
+    T g = dy[c];
+    if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > T(0)) ? g : T(0);
+    dx[c] = fmadd(sc[c], g, fmadd(bx[c], xc, c1[c]));
+  }
+}
+
+// Per-(n, c) vectors of sample n: MC = mean[n, g], SC = rstd[n, g]*gamma[c], BC = beta[c].
+template <typename T>
+void channel_params(const GroupNormProblem& p, int64_t n, const T* mean, const T* rstd,
+                    const T* gamma, const T* beta, T* MC, T* SC, T* BC) {
+  const int64_t C = p.C, G = p.G, D = C / G;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t i = n * G + c / D;
+    MC[c] = mean[i];
+    SC[c] = rstd[i] * affine_or(gamma, c, T(1));
+    BC[c] = affine_or(beta, c, T(0));
+  }
+}
+
+// True when whole samples keep every thread busy: then one task does all of a sample (its second
+// pass reads it from cache). Otherwise samples are done one after the other, each spread over the
+// threads by chunks of rows. Both compute bitwise the same numbers.
+inline bool enough_samples(int64_t N) { return N >= 4 * int64_t(at::get_num_threads()); }
+
+template <typename scalar_t, bool RELU>
+void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_type<scalar_t>* gamma,
+                const at::opmath_type<scalar_t>* beta, scalar_t* Y,
+                at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool kConv = !std::is_same_v<scalar_t, T>;
+  const int64_t N = p.N, C = p.C, HW = p.HxW, G = p.G, D = C / G;
+  static const int64_t kFE = std::getenv("GN_FE") ? std::atoll(std::getenv("GN_FE")) : kClFwdElems;  // TEMP
+  const int64_t R = std::clamp<int64_t>(kFE / C, 1, kClFwdMaxRows);  // stats chunk rows
+  const int64_t nch = ceil_div(HW, R);
+  const int64_t Ra = std::max<int64_t>(1, kConvElems / C);  // apply chunk rows
+  const bool stream = use_stream<scalar_t>(p);
+  const bool by_sample = enough_samples(N);
+
+  // Moments of the G groups of chunk k of sample n, into part[k*G, (k+1)*G).
+  struct StatsBufs {
+    std::vector<T> x, S, M, Q;
+  };
+  auto make_stats_bufs = [&] {
+    return StatsBufs{std::vector<T>(kConv ? R * C : 0), std::vector<T>(C), std::vector<T>(C),
+                     std::vector<T>(C)};
+  };
+  auto stats_chunk = [&](int64_t n, int64_t k, Moments* part, StatsBufs& bf) {
+    const int64_t r0 = k * R, rows = std::min(R, HW - r0);
+    const T* xb = load_block<scalar_t, T>(X + (n * HW + r0) * C, bf.x.data(), rows * C);
+    T* S = bf.S.data();
+    T* M = bf.M.data();
+    T* Q = bf.Q.data();
+    if (std::getenv("GN_P1")) sum_cl_chunk(xb, rows, C, S); else {  // TEMP
+    std::fill(S, S + C, T(0));
+    for (int64_t r = 0; r < rows; ++r) sum_cl_row(xb + r * C, C, S);
+    }
+    const double cnt = double(rows * D), inv = 1.0 / cnt;
+    for (int64_t g = 0; g < G; ++g) {
+      double gs = 0;
+      for (int64_t c = g * D; c < (g + 1) * D; ++c) gs += double(S[c]);
+      std::fill(M + g * D, M + (g + 1) * D, T(gs * inv));
+    }
+    dev_cl_chunk(xb, rows, C, M, S, Q);
+    for (int64_t g = 0; g < G; ++g) {
+      double d = 0, q = 0;
+      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+        d += double(S[c]);
+        q += double(Q[c]);
+      }
+      Moments& mo = part[k * G + g];
+      mo.n = cnt;
+      mo.mean = double(M[g * D]) + d * inv;
+      mo.m2 = std::max(q - d * d * inv, 0.0);
+    }
+  };
+  // mean/rstd of group g of sample n from its chunks, merged in chunk order.
+  auto merge_group = [&](int64_t n, int64_t g, const Moments* part) {
+    Moments acc;
+    for (int64_t k = 0; k < nch; ++k) merge(acc, part[k * G + g]);
+    finish_moments(acc, D * HW, p.eps, mean[n * G + g], rstd[n * G + g]);
+  };
+  // y of rows [r0, r1) of sample n, in batches of Ra rows from the last one backwards (the rows
+  // the statistics read last are the ones still in cache).
+  auto apply_rows = [&](int64_t n, int64_t r0, int64_t r1, const T* MC, const T* SC, const T* BC,
+                        T* xbuf, T* ybuf) {
+    for (int64_t re = r1; re > r0;) {
+      const int64_t rs = std::max(r0, re - Ra), rows = re - rs;
+      const int64_t off = (n * HW + rs) * C;
+      const T* xb = load_block<scalar_t, T>(X + off, xbuf, rows * C);
+      T* yb = stream ? ybuf : out_block<scalar_t, T>(Y + off, ybuf);
+      for (int64_t r = 0; r < rows; ++r) apply_cl_row<T, RELU>(xb + r * C, yb + r * C, C, MC, SC, BC);
+      if constexpr (kConv) store_block<scalar_t, T>(Y + off, yb, rows * C);
+      else if (stream) stream_copy(Y + off, yb, rows * C);
+      re = rs;
+    }
+  };
+  const int64_t abuf = (kConv || stream) ? Ra * C : 0;
+
+  if (by_sample) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      StatsBufs bf = make_stats_bufs();
+      std::vector<Moments> part(nch * G);
+      std::vector<T> prm(3 * C), xbuf(kConv ? Ra * C : 0), ybuf(abuf);
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t k = 0; k < nch; ++k) stats_chunk(n, k, part.data(), bf);
+        for (int64_t g = 0; g < G; ++g) merge_group(n, g, part.data());
+        channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C, prm.data() + 2 * C);
+        apply_rows(n, 0, HW, prm.data(), prm.data() + C, prm.data() + 2 * C, xbuf.data(), ybuf.data());
+      }
+      if (stream) stream_fence();
+    });
+    return;
+  }
+  std::vector<Moments> part(nch * G);
+  std::vector<T> prm(3 * C);
+  for (int64_t n = 0; n < N; ++n) {
+    at::parallel_for(0, nch, grain_for(R * C), [&](int64_t begin, int64_t end) {
+      StatsBufs bf = make_stats_bufs();
+      for (int64_t k = begin; k < end; ++k) stats_chunk(n, k, part.data(), bf);
+    });
+    at::parallel_for(0, G, grain_for(nch * 64), [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) merge_group(n, g, part.data());
+    });
+    channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C, prm.data() + 2 * C);
+    { static const bool skip = std::getenv("GN_SKIP_APPLY") != nullptr; if (skip) continue; }  // TEMP
+    // Same split of the chunks over the threads as the statistics, so each thread finds its rows
+    // in its own cache.
+    at::parallel_for(0, nch, grain_for(R * C), [&](int64_t begin, int64_t end) {
+      std::vector<T> xbuf(kConv ? Ra * C : 0), ybuf(abuf);
+      apply_rows(n, begin * R, std::min(HW, end * R), prm.data(), prm.data() + C, prm.data() + 2 * C,
+                 xbuf.data(), ybuf.data());
+      if (stream) stream_fence();
+    });
+  }
+}
+
+template <typename scalar_t, bool RELU>
+void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* X,
+                 const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* rstd,
+                 const at::opmath_type<scalar_t>* gamma, const at::opmath_type<scalar_t>* beta,
+                 scalar_t* dX, at::opmath_type<scalar_t>* dgamma, at::opmath_type<scalar_t>* dbeta) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool kConv = !std::is_same_v<scalar_t, T>;
+  const int64_t N = p.N, C = p.C, HW = p.HxW, G = p.G, D = C / G;
+  const int64_t R = std::clamp<int64_t>(kClBwdElems / C, 1, kClBwdMaxRows);  // sums chunk rows
+  const int64_t nch = ceil_div(HW, R);
+  const int64_t Rc = std::max<int64_t>(1, kConvElems / C);  // rows per conversion / dx chunk
+  const bool stream = dX && use_stream<scalar_t>(p);
+  const bool by_sample = enough_samples(N);
+  std::vector<double> DS(N * C), DB(N * C);
+
+  // Per-channel partial sums of chunk k of sample n into ps/pb (C each).
+  auto sums_chunk = [&](int64_t n, int64_t k, const T* prm, T* ps, T* pb, T* xbuf, T* gbuf) {
+    const int64_t r0 = k * R, rows = std::min(R, HW - r0);
+    std::fill(ps, ps + C, T(0));
+    std::fill(pb, pb + C, T(0));
+    for (int64_t rb = 0; rb < rows; rb += Rc) {
+      const int64_t nr = std::min(Rc, rows - rb);
+      const int64_t off = (n * HW + r0 + rb) * C;
+      const T* xb = load_block<scalar_t, T>(X + off, xbuf, nr * C);
+      const T* gb = load_block<scalar_t, T>(dY + off, gbuf, nr * C);
+      for (int64_t r = 0; r < nr; ++r)
+        bwd_cl_row<T, RELU>(gb + r * C, xb + r * C, C, prm, prm + C, prm + 2 * C, ps, pb);
+    }
+  };
+  // DS/DB of channels [c0, c1) of sample n: the chunk partials summed in chunk order.
+  auto reduce_chunks = [&](int64_t n, int64_t c0, int64_t c1, const T* PS, const T* PB) {
+    double* __restrict ds = DS.data() + n * C;
+    double* __restrict db = DB.data() + n * C;
+    for (int64_t k = 0; k < nch; ++k) {
+      const T* __restrict ps = PS + k * C;
+      const T* __restrict pb = PB + k * C;
+      for (int64_t c = c0; c < c1; ++c) {
+        ds[c] += double(ps[c]);
+        db[c] += double(pb[c]);
+      }
+    }
+  };
+  // prm: MC, SC, BC, then BX, C1 expanded per channel.
+  auto coeffs = [&](int64_t n, T* prm) {
+    for (int64_t g = 0; g < G; ++g) {
+      T bx, c1;
+      group_coeffs(DS.data() + n * C + g * D, DB.data() + n * C + g * D, gamma, g * D, D,
+                   double(rstd[n * G + g]), double(D * HW), bx, c1);
+      std::fill(prm + 3 * C + g * D, prm + 3 * C + (g + 1) * D, bx);
+      std::fill(prm + 4 * C + g * D, prm + 4 * C + (g + 1) * D, c1);
+    }
+  };
+  // dx of rows [r0, r1) of sample n, in batches of Rc rows from the last one backwards.
+  auto dx_rows = [&](int64_t n, int64_t r0, int64_t r1, const T* prm, T* xbuf, T* gbuf, T* obuf) {
+    for (int64_t re = r1; re > r0;) {
+      const int64_t rs = std::max(r0, re - Rc), rows = re - rs;
+      const int64_t off = (n * HW + rs) * C;
+      const T* xb = load_block<scalar_t, T>(X + off, xbuf, rows * C);
+      const T* gb = load_block<scalar_t, T>(dY + off, gbuf, rows * C);
+      T* ob = stream ? obuf : out_block<scalar_t, T>(dX + off, obuf);
+      for (int64_t r = 0; r < rows; ++r)
+        dx_cl_row<T, RELU>(gb + r * C, xb + r * C, ob + r * C, C, prm, prm + C, prm + 2 * C,
+                           prm + 3 * C, prm + 4 * C);
+      if constexpr (kConv) store_block<scalar_t, T>(dX + off, ob, rows * C);
+      else if (stream) stream_copy(dX + off, ob, rows * C);
+      re = rs;
+    }
+  };
+  const int64_t cbuf = kConv ? Rc * C : 0;
+  const int64_t obn = (kConv || stream) ? Rc * C : 0;
+
+  if (by_sample) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> prm(5 * C), PS(nch * C), PB(nch * C), xbuf(cbuf), gbuf(cbuf), obuf(obn);
+      for (int64_t n = begin; n < end; ++n) {
+        channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C, prm.data() + 2 * C);
+        for (int64_t k = 0; k < nch; ++k)
+          sums_chunk(n, k, prm.data(), PS.data() + k * C, PB.data() + k * C, xbuf.data(), gbuf.data());
+        reduce_chunks(n, 0, C, PS.data(), PB.data());
+        if (!dX) continue;
+        coeffs(n, prm.data());
+        dx_rows(n, 0, HW, prm.data(), xbuf.data(), gbuf.data(), obuf.data());
+      }
+      if (stream) stream_fence();
+    });
+  } else {
+    std::vector<T> prm(5 * C), PS(nch * C), PB(nch * C);
+    constexpr int64_t kCB = 64;
+    const int64_t ncb = ceil_div(C, kCB);
+    for (int64_t n = 0; n < N; ++n) {
+      channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C, prm.data() + 2 * C);
+      at::parallel_for(0, nch, grain_for(2 * R * C), [&](int64_t begin, int64_t end) {
+        std::vector<T> xbuf(cbuf), gbuf(cbuf);
+        for (int64_t k = begin; k < end; ++k)
+          sums_chunk(n, k, prm.data(), PS.data() + k * C, PB.data() + k * C, xbuf.data(), gbuf.data());
+      });
+      at::parallel_for(0, ncb, grain_for(nch * kCB), [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j)
+          reduce_chunks(n, j * kCB, std::min(C, (j + 1) * kCB), PS.data(), PB.data());
+      });
+      if (!dX) continue;
+      coeffs(n, prm.data());
+      at::parallel_for(0, nch, grain_for(2 * R * C), [&](int64_t begin, int64_t end) {
+        std::vector<T> xbuf(cbuf), gbuf(cbuf), obuf(obn);
+        dx_rows(n, begin * R, std::min(HW, end * R), prm.data(), xbuf.data(), gbuf.data(), obuf.data());
+        if (stream) stream_fence();
+      });
+    }
+  }
+  affine_grads(p, DS, DB, rstd, dgamma, dbeta);
+}
+
+template <typename T>
+const T* opt_ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+template <typename T>
+T* opt_mut_ptr(at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+}  // namespace
+
+void group_norm_forward_cpu(const GroupNormProblem& p, const at::Tensor& x, const at::Tensor& gamma,
+                            const at::Tensor& beta, at::Tensor& y, at::Tensor& mean,
+                            at::Tensor& rstd) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "group_norm_forward_cpu",
+      [&] {
+        using T = at::opmath_type<scalar_t>;
+        const scalar_t* X = x.const_data_ptr<scalar_t>();
+        scalar_t* Y = y.data_ptr<scalar_t>();
+        const T* g = opt_ptr<T>(gamma);
+        const T* b = opt_ptr<T>(beta);
+        T* mu = mean.data_ptr<T>();
+        T* rs = rstd.data_ptr<T>();
+        if (p.channels_last) {
+          if (p.relu) forward_cl<scalar_t, true>(p, X, g, b, Y, mu, rs);
+          else forward_cl<scalar_t, false>(p, X, g, b, Y, mu, rs);
+        } else {
+          if (p.relu) forward_nchw<scalar_t, true>(p, X, g, b, Y, mu, rs);
+          else forward_nchw<scalar_t, false>(p, X, g, b, Y, mu, rs);
+        }
+      });
+}
+
+void group_norm_backward_cpu(const GroupNormProblem& p, const at::Tensor& dy, const at::Tensor& x,
+                             const at::Tensor& mean, const at::Tensor& rstd,
+                             const at::Tensor& gamma, const at::Tensor& beta, at::Tensor& dx,
+                             at::Tensor& dgamma, at::Tensor& dbeta) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "group_norm_backward_cpu",
+      [&] {
+        using T = at::opmath_type<scalar_t>;
+        const scalar_t* dY = dy.const_data_ptr<scalar_t>();
+        const scalar_t* X = x.const_data_ptr<scalar_t>();
+        scalar_t* dX = opt_mut_ptr<scalar_t>(dx);
+        const T* mu = mean.const_data_ptr<T>();
+        const T* rs = rstd.const_data_ptr<T>();
+        const T* g = opt_ptr<T>(gamma);
+        const T* b = opt_ptr<T>(beta);
+        T* dg = opt_mut_ptr<T>(dgamma);
+        T* db = opt_mut_ptr<T>(dbeta);
+        if (p.channels_last) {
+          if (p.relu) backward_cl<scalar_t, true>(p, dY, X, mu, rs, g, b, dX, dg, db);
+          else backward_cl<scalar_t, false>(p, dY, X, mu, rs, g, b, dX, dg, db);
+        } else {
+          if (p.relu) backward_nchw<scalar_t, true>(p, dY, X, mu, rs, g, b, dX, dg, db);
+          else backward_nchw<scalar_t, false>(p, dY, X, mu, rs, g, b, dX, dg, db);
+        }
+      });
+}
+
+TORCH_LIBRARY_IMPL(gn_detectron, CPU, m) {
+  register_group_norm_kernels<group_norm_forward_cpu, group_norm_backward_cpu>(m);
+}
+
+}  // namespace gn_detectron
