@@ -269,7 +269,7 @@ def dataset_name(request):
 @pytest.fixture
 def default_names_free():
     """Lets a test register "shapes_train"/"shapes_val", restoring any earlier registration."""
-    names = ("shapes_train", "shapes_val")
+    names = ("shapes_train", "shapes_val") + tuple(shapes.SHAPES_VARIANTS)
     saved_funcs = {n: DatasetCatalog[n] for n in names if n in DatasetCatalog}
     saved_metadata = {n: MetadataCatalog[n] for n in names if n in MetadataCatalog}
     for name in names:
@@ -305,12 +305,15 @@ def test_register_shapes_dataset(tmp_path, dataset_name):
 
 def test_register_shapes_datasets(tmp_path, default_names_free):
     names = register_shapes_datasets(root=tmp_path, num_train=6, num_val=3, image_size=IMAGE_SIZE)
-    assert names == ["shapes_train", "shapes_val"]
+    assert names == ["shapes_train", "shapes_val"] + list(shapes.SHAPES_VARIANTS)
     assert register_shapes_datasets(root=tmp_path, num_train=6, num_val=3, image_size=IMAGE_SIZE) == names
     assert len(DatasetCatalog.get("shapes_train")) == 6
     assert len(DatasetCatalog.get("shapes_val")) == 3
-    for name in names:
+    for name in names[:2]:
         assert MetadataCatalog.get(name).thing_classes == list(SHAPES_CATEGORIES)
+    assert MetadataCatalog.get("shapes_a_train").thing_classes == list(SHAPES_CATEGORIES[:3])
+    assert MetadataCatalog.get("shapes_b_val").thing_classes == list(SHAPES_CATEGORIES[3:])
+    assert not os.path.exists(tmp_path / "a_train")  # variants are generated only when used
     train = {r["file_name"] for r in DatasetCatalog.get("shapes_train")}
     assert train.isdisjoint(r["file_name"] for r in DatasetCatalog.get("shapes_val"))
 

@@ -492,11 +492,26 @@ def register_shapes_dataset(name, root, split, num_images, image_size=(192, 256)
     )
 
 
+# Registered variants: name -> (split folder, images, categories). "tiny" ones are for tests
+# and smoke runs; "a"/"b" split the six categories in two halves, for fine-tuning from one to
+# the other.
+SHAPES_VARIANTS = {
+    "shapes_train_tiny": ("train_tiny", 48, SHAPES_CATEGORIES),
+    "shapes_val_tiny": ("val_tiny", 8, SHAPES_CATEGORIES),
+    "shapes_a_train": ("a_train", 300, SHAPES_CATEGORIES[:3]),
+    "shapes_a_val": ("a_val", 50, SHAPES_CATEGORIES[:3]),
+    "shapes_b_train": ("b_train", 300, SHAPES_CATEGORIES[3:]),
+    "shapes_b_val": ("b_val", 50, SHAPES_CATEGORIES[3:]),
+}
+
+
 def register_shapes_datasets(root=None, num_train=600, num_val=100, image_size=(192, 256), seed=0):
     """Registers "shapes_train" and "shapes_val" (see :func:`register_shapes_dataset`), both
     generated on first use under ``root`` (default :func:`default_shapes_root`), with the six
-    ``SHAPES_CATEGORIES``. The defaults suit Mask R-CNN training on a CPU in minutes. Names
-    already registered are left as they are, so calling it again is harmless.
+    ``SHAPES_CATEGORIES``; and the variants of ``SHAPES_VARIANTS`` (tiny sets for smoke runs,
+    and two three-category halves for fine-tuning). The defaults suit Mask R-CNN training on a
+    CPU in minutes. Names already registered are left as they are, so calling it again is
+    harmless; nothing is generated until a dataset is used.
 
     Returns:
         list[str]: the registered names.
@@ -506,5 +521,8 @@ def register_shapes_datasets(root=None, num_train=600, num_val=100, image_size=(
     for split, num_images in (("train", num_train), ("val", num_val)):
         name = f"shapes_{split}"
         register_shapes_dataset(name, root, split, num_images, image_size, seed)
+        names.append(name)
+    for name, (split, num_images, categories) in SHAPES_VARIANTS.items():
+        register_shapes_dataset(name, root, split, num_images, image_size, seed, categories)
         names.append(name)
     return names

@@ -4,6 +4,8 @@ import logging
 import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_gn_config
 
@@ -30,6 +32,7 @@ def setup_cfg(args, freeze=True):
         cfg.freeze()
     register_shapes_datasets()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gn_detectron", abbrev_name="gn")
     if fell_back:
         logging.getLogger("detectron2").info("No GPU found: MODEL.DEVICE set to 'cpu'")
     return cfg

@@ -405,6 +405,37 @@ inline void apply_cl_row(const T* __restrict x, T* __restrict y, int64_t C, cons
   }
 }
 
+// y[r, c] = (x[r, c] - mu[c])*sc[c] + b[c] (then relu) for `rows` rows of C channels. With NT the
+// stores are streaming ones: y and the row pitch must then be 32-byte aligned.
+template <typename T, bool RELU, bool NT>
+inline void apply_cl_rows(const T* x, T* y, int64_t rows, int64_t C, const T* mu, const T* sc,
+                          const T* b) {
+  using VT = V<T>;
+  constexpr int64_t W = Vec<T>::W;
+  const VT zero{};
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    int64_t c = 0;
+    for (; c + W <= C; c += W) {
+      VT z = fmadd(loadu(xr + c) - loadu(mu + c), loadu(sc + c), loadu(b + c));
+      if constexpr (RELU) z = z < zero ? zero : z;
+#if GN_CPU_HAVE_STREAM
+      if constexpr (NT) {
+        stream_store(yr + c, z);
+        continue;
+      }
+#endif
+      std::memcpy(yr + c, &z, sizeof(VT));
+    }
+    for (; c < C; ++c) {
+      T z = fmadd(xr[c] - mu[c], sc[c], b[c]);
+      if constexpr (RELU) z = z < T(0) ? T(0) : z;
+      yr[c] = z;
+    }
+  }
+}
+
 template <typename T, bool RELU>
 inline void bwd_cl_row(const T* __restrict dy, const T* __restrict x, int64_t C,
                        const T* __restrict mu, const T* __restrict sc, const T* __restrict b,
@@ -507,17 +538,26 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
   };
   // y of rows [r0, r1) of sample n, in batches of Ra rows from the last one backwards (the rows
   // the statistics read last are the ones still in cache).
+  // Streaming stores go straight to y when every row starts 32-byte aligned.
+  const bool direct_stream =
+      stream && (C * int64_t(sizeof(T))) % 32 == 0 && reinterpret_cast<uintptr_t>(Y) % 32 == 0;
   auto apply_rows = [&](int64_t n, int64_t r0, int64_t r1, const T* MC, const T* SC, const T* BC,
                         T* xbuf, T* ybuf) {
+    static const bool fwd_order = std::getenv("GN_FWD_ORDER") != nullptr;  // TEMP
     for (int64_t re = r1; re > r0;) {
-      const int64_t rs = std::max(r0, re - Ra), rows = re - rs;
+      int64_t rs = std::max(r0, re - Ra), rows = re - rs;
+      if (fwd_order) { rs = r0 + (r1 - re); rows = std::min(Ra, r1 - rs); }
       const int64_t off = (n * HW + rs) * C;
       const T* xb = load_block<scalar_t, T>(X + off, xbuf, rows * C);
-      T* yb = stream ? ybuf : out_block<scalar_t, T>(Y + off, ybuf);
-      for (int64_t r = 0; r < rows; ++r) apply_cl_row<T, RELU>(xb + r * C, yb + r * C, C, MC, SC, BC);
-      if constexpr (kConv) store_block<scalar_t, T>(Y + off, yb, rows * C);
-      else if (stream) stream_copy(Y + off, yb, rows * C);
-      re = rs;
+      if (direct_stream) {
+        apply_cl_rows<T, RELU, true>(xb, reinterpret_cast<T*>(Y + off), rows, C, MC, SC, BC);
+      } else {
+        T* yb = stream ? ybuf : out_block<scalar_t, T>(Y + off, ybuf);
+        apply_cl_rows<T, RELU, false>(xb, yb, rows, C, MC, SC, BC);
+        if constexpr (kConv) store_block<scalar_t, T>(Y + off, yb, rows * C);
+        else if (stream) stream_copy(Y + off, yb, rows * C);
+      }
+      re -= rows;
     }
   };
   const int64_t abuf = (kConv || stream) ? Ra * C : 0;
