@@ -311,8 +311,8 @@ def test_register_shapes_datasets(tmp_path, default_names_free):
     assert len(DatasetCatalog.get("shapes_val")) == 3
     for name in names[:2]:
         assert MetadataCatalog.get(name).thing_classes == list(SHAPES_CATEGORIES)
-    assert MetadataCatalog.get("shapes_a_train").thing_classes == list(SHAPES_CATEGORIES[:3])
-    assert MetadataCatalog.get("shapes_b_val").thing_classes == list(SHAPES_CATEGORIES[3:])
+    assert MetadataCatalog.get("shapes_a_train").thing_classes == list(SHAPES_CATEGORIES[:4])
+    assert MetadataCatalog.get("shapes_b_val").thing_classes == list(SHAPES_CATEGORIES[4:])
     assert not os.path.exists(tmp_path / "a_train")  # variants are generated only when used
     train = {r["file_name"] for r in DatasetCatalog.get("shapes_train")}
     assert train.isdisjoint(r["file_name"] for r in DatasetCatalog.get("shapes_val"))

@@ -493,15 +493,15 @@ def register_shapes_dataset(name, root, split, num_images, image_size=(192, 256)
 
 
 # Registered variants: name -> (split folder, images, categories). "tiny" ones are for tests
-# and smoke runs; "a"/"b" split the six categories in two halves, for fine-tuning from one to
-# the other.
+# and smoke runs; "a" (four categories) and "b" (the other two) are for fine-tuning from one to
+# the other, with a different number of classes.
 SHAPES_VARIANTS = {
     "shapes_train_tiny": ("train_tiny", 48, SHAPES_CATEGORIES),
     "shapes_val_tiny": ("val_tiny", 8, SHAPES_CATEGORIES),
-    "shapes_a_train": ("a_train", 300, SHAPES_CATEGORIES[:3]),
-    "shapes_a_val": ("a_val", 50, SHAPES_CATEGORIES[:3]),
-    "shapes_b_train": ("b_train", 300, SHAPES_CATEGORIES[3:]),
-    "shapes_b_val": ("b_val", 50, SHAPES_CATEGORIES[3:]),
+    "shapes_a_train": ("a_train", 200, SHAPES_CATEGORIES[:4]),
+    "shapes_a_val": ("a_val", 50, SHAPES_CATEGORIES[:4]),
+    "shapes_b_train": ("b_train", 200, SHAPES_CATEGORIES[4:]),
+    "shapes_b_val": ("b_val", 50, SHAPES_CATEGORIES[4:]),
 }
 
 
@@ -509,7 +509,7 @@ def register_shapes_datasets(root=None, num_train=600, num_val=100, image_size=(
     """Registers "shapes_train" and "shapes_val" (see :func:`register_shapes_dataset`), both
     generated on first use under ``root`` (default :func:`default_shapes_root`), with the six
     ``SHAPES_CATEGORIES``; and the variants of ``SHAPES_VARIANTS`` (tiny sets for smoke runs,
-    and two three-category halves for fine-tuning). The defaults suit Mask R-CNN training on a
+    and two category subsets for fine-tuning). The defaults suit Mask R-CNN training on a
     CPU in minutes. Names already registered are left as they are, so calling it again is
     harmless; nothing is generated until a dataset is used.
 

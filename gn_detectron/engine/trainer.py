@@ -46,6 +46,7 @@ class GNTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        check_batch_size(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -58,6 +59,18 @@ class GNTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def run_step(self):
+        """One training step; a divergence (non-finite loss, or non-finite predictions that
+        detectron2 catches first) stops training with the iteration and the last loss terms."""
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            latest = self.storage.latest()
+            terms = {k: round(v[0], 6) for k, v in latest.items() if "loss" in k}
+            raise FloatingPointError(
+                f"Training diverged at iteration {self.iter}: {e}\nLast logged loss terms: {terms}. "
+                "Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS, or enable SOLVER.CLIP_GRADIENTS.") from e
 
     @classmethod
     def build_model(cls, cfg):
@@ -77,6 +90,16 @@ class GNTrainer(DefaultTrainer):
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             write_results(cfg.OUTPUT_DIR, results)
         return results
+
+
+def check_batch_size(cfg, world_size):
+    """Fails before anything is built when the batch cannot be split evenly over the processes."""
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total <= 0 or total % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={total} cannot be split over {world_size} processes: set it to a "
+            f"multiple of {world_size} (e.g. {2 * world_size} for 2 images per process), or set "
+            "SOLVER.REFERENCE_WORLD_SIZE so that detectron2 scales it to the number of processes")
 
 
 def write_results(output_dir, results):

@@ -33,7 +33,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <vector>
 
 namespace gn_detectron {
@@ -59,8 +58,7 @@ inline bool use_stream(const GroupNormProblem& p) {
     (void)p;
     return false;
   } else {
-    static const bool off = std::getenv("GN_NOSTREAM") != nullptr;  // TEMP
-    return !off && GN_CPU_HAVE_STREAM && p.N * p.C * p.HxW * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+    return GN_CPU_HAVE_STREAM && p.N * p.C * p.HxW * int64_t(sizeof(scalar_t)) >= kStreamBytes;
   }
 }
 
@@ -300,12 +298,6 @@ void backward_nchw(const GroupNormProblem& p, const scalar_t* dY, const scalar_t
 // =============================================================================================
 // channels_last
 
-// s[c] += x[c]
-template <typename T>
-inline void sum_cl_row(const T* __restrict x, int64_t C, T* __restrict s) {
-  for (int64_t c = 0; c < C; ++c) s[c] += x[c];
-}
-
 // s[c] = sum_r x[r, c] over `rows` rows of C channels, in row order, channel blocks in registers.
 template <typename T>
 inline void sum_cl_chunk(const T* x, int64_t rows, int64_t C, T* s) {
@@ -395,16 +387,6 @@ inline void dev_cl_chunk(const T* x, int64_t rows, int64_t C, const T* mu, T* d,
   }
 }
 
-template <typename T, bool RELU>
-inline void apply_cl_row(const T* __restrict x, T* __restrict y, int64_t C, const T* __restrict mu,
-                         const T* __restrict sc, const T* __restrict b) {
-  for (int64_t c = 0; c < C; ++c) {
-    T z = fmadd(x[c] - mu[c], sc[c], b[c]);
-    if constexpr (RELU) z = z < T(0) ? T(0) : z;
-    y[c] = z;
-  }
-}
-
 // y[r, c] = (x[r, c] - mu[c])*sc[c] + b[c] (then relu) for `rows` rows of C channels. With NT the
 // stores are streaming ones: y and the row pitch must then be 32-byte aligned.
 template <typename T, bool RELU, bool NT>
@@ -436,28 +418,97 @@ inline void apply_cl_rows(const T* x, T* y, int64_t rows, int64_t C, const T* mu
   }
 }
 
+// ds[c] += sum_r g*(x[r, c] - mu[c]), db[c] += sum_r g over `rows` rows (row order), g = dy or,
+// with RELU, dy where (x - mu)*sc + b > 0. Blocks of channels are kept in registers.
 template <typename T, bool RELU>
-inline void bwd_cl_row(const T* __restrict dy, const T* __restrict x, int64_t C,
-                       const T* __restrict mu, const T* __restrict sc, const T* __restrict b,
-                       T* __restrict ds, T* __restrict db) {
-  for (int64_t c = 0; c < C; ++c) {
-    const T xc = x[c] - mu[c];
-    T g = dy[c];
-    if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > T(0)) ? g : T(0);
-    ds[c] = fmadd(g, xc, ds[c]);
-    db[c] += g;
+inline void bwd_cl_rows(const T* dy, const T* x, int64_t rows, int64_t C, const T* mu,
+                        const T* sc, const T* b, T* ds, T* db) {
+  using VT = V<T>;
+  constexpr int64_t W = Vec<T>::W;
+  const VT zero{};
+  int64_t c = 0;
+  for (; c + 2 * W <= C; c += 2 * W) {
+    const VT m0 = loadu(mu + c), m1 = loadu(mu + c + W);
+    const VT s0 = loadu(sc + c), s1 = loadu(sc + c + W);
+    const VT b0 = loadu(b + c), b1 = loadu(b + c + W);
+    VT p0 = loadu(ds + c), p1 = loadu(ds + c + W), q0 = loadu(db + c), q1 = loadu(db + c + W);
+    for (int64_t r = 0; r < rows; ++r) {
+      const VT x0 = loadu(x + r * C + c) - m0, x1 = loadu(x + r * C + c + W) - m1;
+      VT g0 = loadu(dy + r * C + c), g1 = loadu(dy + r * C + c + W);
+      if constexpr (RELU) {
+        g0 = (fmadd(x0, s0, b0) > zero) ? g0 : zero;
+        g1 = (fmadd(x1, s1, b1) > zero) ? g1 : zero;
+      }
+      p0 = fmadd(g0, x0, p0);
+      p1 = fmadd(g1, x1, p1);
+      q0 += g0;
+      q1 += g1;
+    }
+    std::memcpy(ds + c, &p0, sizeof(VT));
+    std::memcpy(ds + c + W, &p1, sizeof(VT));
+    std::memcpy(db + c, &q0, sizeof(VT));
+    std::memcpy(db + c + W, &q1, sizeof(VT));
+  }
+  for (; c + W <= C; c += W) {
+    const VT m0 = loadu(mu + c), s0 = loadu(sc + c), b0 = loadu(b + c);
+    VT p0 = loadu(ds + c), q0 = loadu(db + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      const VT x0 = loadu(x + r * C + c) - m0;
+      VT g0 = loadu(dy + r * C + c);
+      if constexpr (RELU) g0 = (fmadd(x0, s0, b0) > zero) ? g0 : zero;
+      p0 = fmadd(g0, x0, p0);
+      q0 += g0;
+    }
+    std::memcpy(ds + c, &p0, sizeof(VT));
+    std::memcpy(db + c, &q0, sizeof(VT));
+  }
+  for (; c < C; ++c) {
+    T p0 = ds[c], q0 = db[c];
+    for (int64_t r = 0; r < rows; ++r) {
+      const T xc = x[r * C + c] - mu[c];
+      T g = dy[r * C + c];
+      if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > T(0)) ? g : T(0);
+      p0 = fmadd(g, xc, p0);
+      q0 += g;
+    }
+    ds[c] = p0;
+    db[c] = q0;
   }
 }
 
-template <typename T, bool RELU>
-inline void dx_cl_row(const T* __restrict dy, const T* __restrict x, T* __restrict dx, int64_t C,
-                      const T* __restrict mu, const T* __restrict sc, const T* __restrict b,
-                      const T* __restrict bx, const T* __restrict c1) {
-  for (int64_t c = 0; c < C; ++c) {
-    const T xc = x[c] - mu[c];
-    T g = dy[c];
-    if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > T(0)) ? g : T(0);
-    dx[c] = fmadd(sc[c], g, fmadd(bx[c], xc, c1[c]));
+// dx[r, c] = sc[c]*g + bx[c]*(x - mu[c]) + c1[c] for `rows` rows (g as in bwd_cl_rows). With NT
+// the stores are streaming ones: dx and the row pitch must then be 32-byte aligned.
+template <typename T, bool RELU, bool NT>
+inline void dx_cl_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, const T* mu,
+                       const T* sc, const T* b, const T* bx, const T* c1) {
+  using VT = V<T>;
+  constexpr int64_t W = Vec<T>::W;
+  const VT zero{};
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    const T* gr = dy + r * C;
+    T* dr = dx + r * C;
+    int64_t c = 0;
+    for (; c + W <= C; c += W) {
+      const VT xc = loadu(xr + c) - loadu(mu + c);
+      const VT s = loadu(sc + c);
+      VT g = loadu(gr + c);
+      if constexpr (RELU) g = (fmadd(xc, s, loadu(b + c)) > zero) ? g : zero;
+      const VT z = fmadd(s, g, fmadd(loadu(bx + c), xc, loadu(c1 + c)));
+#if GN_CPU_HAVE_STREAM
+      if constexpr (NT) {
+        stream_store(dr + c, z);
+        continue;
+      }
+#endif
+      std::memcpy(dr + c, &z, sizeof(VT));
+    }
+    for (; c < C; ++c) {
+      const T xc = xr[c] - mu[c];
+      T g = gr[c];
+      if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > T(0)) ? g : T(0);
+      dr[c] = fmadd(sc[c], g, fmadd(bx[c], xc, c1[c]));
+    }
   }
 }
 
@@ -486,8 +537,7 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
   using T = at::opmath_type<scalar_t>;
   constexpr bool kConv = !std::is_same_v<scalar_t, T>;
   const int64_t N = p.N, C = p.C, HW = p.HxW, G = p.G, D = C / G;
-  static const int64_t kFE = std::getenv("GN_FE") ? std::atoll(std::getenv("GN_FE")) : kClFwdElems;  // TEMP
-  const int64_t R = std::clamp<int64_t>(kFE / C, 1, kClFwdMaxRows);  // stats chunk rows
+  const int64_t R = std::clamp<int64_t>(kClFwdElems / C, 1, kClFwdMaxRows);  // stats chunk rows
   const int64_t nch = ceil_div(HW, R);
   const int64_t Ra = std::max<int64_t>(1, kConvElems / C);  // apply chunk rows
   const bool stream = use_stream<scalar_t>(p);
@@ -507,10 +557,7 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
     T* S = bf.S.data();
     T* M = bf.M.data();
     T* Q = bf.Q.data();
-    if (std::getenv("GN_P1")) sum_cl_chunk(xb, rows, C, S); else {  // TEMP
-    std::fill(S, S + C, T(0));
-    for (int64_t r = 0; r < rows; ++r) sum_cl_row(xb + r * C, C, S);
-    }
+    sum_cl_chunk(xb, rows, C, S);
     const double cnt = double(rows * D), inv = 1.0 / cnt;
     for (int64_t g = 0; g < G; ++g) {
       double gs = 0;
@@ -543,10 +590,8 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
       stream && (C * int64_t(sizeof(T))) % 32 == 0 && reinterpret_cast<uintptr_t>(Y) % 32 == 0;
   auto apply_rows = [&](int64_t n, int64_t r0, int64_t r1, const T* MC, const T* SC, const T* BC,
                         T* xbuf, T* ybuf) {
-    static const bool fwd_order = std::getenv("GN_FWD_ORDER") != nullptr;  // TEMP
     for (int64_t re = r1; re > r0;) {
-      int64_t rs = std::max(r0, re - Ra), rows = re - rs;
-      if (fwd_order) { rs = r0 + (r1 - re); rows = std::min(Ra, r1 - rs); }
+      const int64_t rs = std::max(r0, re - Ra), rows = re - rs;
       const int64_t off = (n * HW + rs) * C;
       const T* xb = load_block<scalar_t, T>(X + off, xbuf, rows * C);
       if (direct_stream) {
@@ -588,7 +633,6 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
       for (int64_t g = begin; g < end; ++g) merge_group(n, g, part.data());
     });
     channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C, prm.data() + 2 * C);
-    { static const bool skip = std::getenv("GN_SKIP_APPLY") != nullptr; if (skip) continue; }  // TEMP
     // Same split of the chunks over the threads as the statistics, so each thread finds its rows
     // in its own cache.
     at::parallel_for(0, nch, grain_for(R * C), [&](int64_t begin, int64_t end) {
@@ -625,8 +669,7 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
       const int64_t off = (n * HW + r0 + rb) * C;
       const T* xb = load_block<scalar_t, T>(X + off, xbuf, nr * C);
       const T* gb = load_block<scalar_t, T>(dY + off, gbuf, nr * C);
-      for (int64_t r = 0; r < nr; ++r)
-        bwd_cl_row<T, RELU>(gb + r * C, xb + r * C, C, prm, prm + C, prm + 2 * C, ps, pb);
+      bwd_cl_rows<T, RELU>(gb, xb, nr, C, prm, prm + C, prm + 2 * C, ps, pb);
     }
   };
   // DS/DB of channels [c0, c1) of sample n: the chunk partials summed in chunk order.
@@ -652,6 +695,9 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
       std::fill(prm + 4 * C + g * D, prm + 4 * C + (g + 1) * D, c1);
     }
   };
+  // Streaming stores go straight to dx when every row starts 32-byte aligned.
+  const bool direct_stream = stream && (C * int64_t(sizeof(T))) % 32 == 0 &&
+                             reinterpret_cast<uintptr_t>(dX) % 32 == 0;
   // dx of rows [r0, r1) of sample n, in batches of Rc rows from the last one backwards.
   auto dx_rows = [&](int64_t n, int64_t r0, int64_t r1, const T* prm, T* xbuf, T* gbuf, T* obuf) {
     for (int64_t re = r1; re > r0;) {
@@ -659,12 +705,16 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
       const int64_t off = (n * HW + rs) * C;
       const T* xb = load_block<scalar_t, T>(X + off, xbuf, rows * C);
       const T* gb = load_block<scalar_t, T>(dY + off, gbuf, rows * C);
-      T* ob = stream ? obuf : out_block<scalar_t, T>(dX + off, obuf);
-      for (int64_t r = 0; r < rows; ++r)
-        dx_cl_row<T, RELU>(gb + r * C, xb + r * C, ob + r * C, C, prm, prm + C, prm + 2 * C,
-                           prm + 3 * C, prm + 4 * C);
-      if constexpr (kConv) store_block<scalar_t, T>(dX + off, ob, rows * C);
-      else if (stream) stream_copy(dX + off, ob, rows * C);
+      if (direct_stream) {
+        dx_cl_rows<T, RELU, true>(gb, xb, reinterpret_cast<T*>(dX + off), rows, C, prm, prm + C,
+                                  prm + 2 * C, prm + 3 * C, prm + 4 * C);
+      } else {
+        T* ob = stream ? obuf : out_block<scalar_t, T>(dX + off, obuf);
+        dx_cl_rows<T, RELU, false>(gb, xb, ob, rows, C, prm, prm + C, prm + 2 * C, prm + 3 * C,
+                                   prm + 4 * C);
+        if constexpr (kConv) store_block<scalar_t, T>(dX + off, ob, rows * C);
+        else if (stream) stream_copy(dX + off, ob, rows * C);
+      }
       re = rs;
     }
   };

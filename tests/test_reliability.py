@@ -1,0 +1,89 @@
+"""Training survives interruption: a SIGKILLed run resumes from its last checkpoint with the same
+learning-rate schedule; bad configuration fails before training with a message that says what
+to change; a NaN loss stops training with the iteration and the loss terms."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+from test_train_net import CONFIG, ROOT, TINY, TRAIN_NET, env, run  # noqa: E402,F401
+
+
+def _metrics(out_dir):
+    path = os.path.join(out_dir, "metrics.json")
+    return [json.loads(line) for line in open(path).read().splitlines()]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_the_schedule(env, tmp_path):  # noqa: F811
+    args = [sys.executable, TRAIN_NET, "--config-file", CONFIG] + TINY + [
+        "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "12", "SOLVER.STEPS", "(6, 10)",
+        "SOLVER.CHECKPOINT_PERIOD", "4", "SOLVER.WARMUP_ITERS", "2"]
+    # the reference: one uninterrupted run
+    run(args[1:] + ["OUTPUT_DIR", str(tmp_path / "ref")], env)
+    ref_lr = {r["iteration"]: r["lr"] for r in _metrics(tmp_path / "ref") if "lr" in r}
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["OUTPUT_DIR", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (out / "model_0000003.pth").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model_final.pth").exists()
+    saved = (out / "last_checkpoint").read_text()
+    assert saved.startswith("model_") and saved.endswith(".pth")
+
+    log = run(args[1:] + ["--resume", "OUTPUT_DIR", str(out)], env)
+    start = int(saved[len("model_"):-len(".pth")]) + 1
+    assert f"Starting training from iteration {start}" in log
+    assert (out / "model_final.pth").exists()
+    lr = {r["iteration"]: r["lr"] for r in _metrics(out) if "lr" in r}
+    assert max(lr) == 11
+    for it in lr:
+        if it >= start:
+            assert lr[it] == pytest.approx(ref_lr[it]), it
+
+
+def test_batch_not_divisible_by_processes_fails_before_training(env, tmp_path):  # noqa: F811
+    out = subprocess.run([sys.executable, TRAIN_NET, "--config-file", CONFIG, "--num-gpus", "2"] + TINY + [
+        "SOLVER.IMS_PER_BATCH", "3", "SOLVER.REFERENCE_WORLD_SIZE", "0", "SOLVER.MAX_ITER", "2",
+        "OUTPUT_DIR", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "SOLVER.IMS_PER_BATCH=3 cannot be split over 2 processes" in text
+    assert "Starting training" not in text
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["MODEL.GN.IMPL", "turbo"], "MODEL.GN.IMPL must be one of"),
+    (["MODEL.GN.NUM_GROUPS", "48"], "MODEL.GN.NUM_GROUPS=48 does not divide the 64 channels"),
+    (["MODEL.RESNETS.NORM", "GroupNormFast"], "unknown norm 'GroupNormFast'; registered norms:"),
+])
+def test_bad_gn_config_fails_before_training(env, tmp_path, opts, message):  # noqa: F811
+    out = subprocess.run([sys.executable, TRAIN_NET, "--config-file", CONFIG] + TINY + opts + [
+        "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+        env=env, timeout=600)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr
+    assert "Starting training" not in out.stdout + out.stderr
+
+
+def test_nan_loss_stops_training_with_iteration_and_terms(env, tmp_path):  # noqa: F811
+    out = subprocess.run([sys.executable, TRAIN_NET, "--config-file", CONFIG] + TINY + [
+        "SOLVER.BASE_LR", "1e6", "SOLVER.WARMUP_ITERS", "0", "SOLVER.MAX_ITER", "50", "DATASETS.TEST", "()",
+        "OUTPUT_DIR", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "Training diverged at iteration" in text
+    assert "Last logged loss terms: {" in text and "loss_mask" in text
+    assert not (tmp_path / "model_final.pth").exists()
