@@ -79,6 +79,21 @@ class GNTrainer(DefaultTrainer):
         return model
 
     @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's train loader over the checked records of ``DATASETS.TRAIN``: images that
+        are missing and annotations that are degenerate or of an unknown class are skipped with
+        one counting warning (:func:`gn_detectron.data.sanitize.sanitize_dataset_dicts`)."""
+        from detectron2.data import build_detection_train_loader
+        from detectron2.data.build import filter_images_with_only_crowd_annotations
+
+        from ..data.sanitize import load_checked_dataset_dicts
+
+        dicts = load_checked_dataset_dicts(cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            dicts = filter_images_with_only_crowd_annotations(dicts)
+        return build_detection_train_loader(cfg, dataset=dicts)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
