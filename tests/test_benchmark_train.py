@@ -17,6 +17,7 @@ def test_benchmark_train_smoke(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "benchmark_train.py"), "--device", "cpu",
            "--iters", "2", "--warmup", "1", "--infer-iters", "1", "--image-size", "128", "160",
+           "--variants", "native", "fast", "fast_fused", "frozen_bn",
            "--json", str(out), "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.CONV_DIM", "64",
            "MODEL.ROI_MASK_HEAD.CONV_DIM", "64"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)

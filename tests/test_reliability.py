@@ -87,3 +87,47 @@ def test_nan_loss_stops_training_with_iteration_and_terms(env, tmp_path):  # noq
     assert "Training diverged at iteration" in text
     assert "Last logged loss terms: {" in text and "loss_mask" in text
     assert not (tmp_path / "model_final.pth").exists()
+
+
+def test_evaluation_with_images_without_detections_completes(env, tmp_path):  # noqa: F811
+    """A model that detects nothing on some (here: all) images still gets a full evaluation."""
+    run([TRAIN_NET, "--config-file", CONFIG, "--eval-only"] + TINY + [
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.01", "OUTPUT_DIR", str(tmp_path)], env)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) >= {"bbox", "segm"}
+
+
+@pytest.mark.slow
+def test_resident_memory_does_not_grow(env, tmp_path):  # noqa: F811
+    """Two hundred training iterations: after warm-up, the peak resident memory of the process
+    grows by less than 5% (the figure is printed)."""
+    code = f"""
+import sys
+sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
+from detectron2.engine import HookBase
+from gn_detectron.engine import GNTrainer, setup_cfg
+from train_net import parse_args
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+class Record(HookBase):
+    def __init__(self): self.rss = {{}}
+    def after_step(self):
+        if self.trainer.iter in (49, 199): self.rss[self.trainer.iter] = rss_mb()
+
+args = parse_args({["--config-file", CONFIG] + TINY + ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "200",
+                    "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(tmp_path)]!r})
+trainer = GNTrainer(setup_cfg(args))
+hook = Record()
+trainer.register_hooks([hook])
+trainer.train()
+print("RSS_MB", hook.rss[49], hook.rss[199])
+"""
+    out = run(["-c", code], env, timeout=1500)
+    line = [l for l in out.splitlines() if l.startswith("RSS_MB")][-1]
+    at50, at200 = map(float, line.split()[1:])
+    print(f"resident memory after 50 iterations {at50:.0f} MB, after 200 {at200:.0f} MB")
+    assert at200 < 1.05 * at50, (at50, at200)

@@ -1,27 +1,31 @@
 // CPU kernels of the gn_detectron Group Normalization operator (contract: ../group_norm.h).
 //
-// Layouts
-//   NCHW (N, C, HxW): a group is one contiguous run of m = (C/G)*HxW elements.
-//     forward : per group, moments over fixed blocks of kBlock elements (corrected two-pass inside
-//               the cache-resident block, blocks merged in double with Chan's formula in block
-//               order), then y = (x - mean)*scale_c + beta_c (+relu) per channel row.
-//     backward: per channel row ds = sum g*(x - mean), db = sum g over fixed blocks (block sums in
-//               double, in block order); per group the coefficients; then dx = scale_c*g +
-//               bx*(x - mean) + c1 per row.
-//     Work is parallel over the N*G groups (stats and apply fused in one task, so the second
-//     pass over a group reads it from cache); when there are too few groups for the threads, the
-//     same blocks are spread over the threads instead and their partial results combined in the
-//     same order afterwards, which gives bitwise the same numbers.
-//   channels_last (N, HxW, C): rows of C contiguous channels, handled natively.
-//     forward : parallel over (n, chunk of rows); per chunk per-channel sums, per-group chunk
-//               mean, per-channel sums of deviations; the chunk moments of each (n, g) are then
-//               merged in chunk order; then y row by row with per-(n, c) mean/scale/shift vectors.
-//     backward: parallel over (n, chunk of rows): per-channel partial ds/db of the chunk into a
-//               small buffer, summed over chunks in chunk order; coefficients; dx row by row.
-// Determinism: every reduction is split into pieces whose boundaries depend on the problem shape
-// only, each piece is reduced by the same code in a fixed order, and pieces are combined in a
-// fixed order; so outputs and gradients are bitwise identical for any thread count.
-// fp16/bf16 are converted block by block to float; all math is in float (double for double).
+// NCHW, x is (N, C, HxW): a group (n, g) is one contiguous run of m = (C/G)*HxW elements.
+//   forward : work items are the N*G groups. Per group: moments of fixed blocks of kBlock elements
+//             (two-pass inside the L1-resident block, corrected: mean = mu + sum(x - mu)/k), the
+//             blocks merged in double with Chan's formula in block order; then, walking the blocks
+//             backwards so the ones read last come from cache, y = (x - mean)*scale_c + beta_c
+//             (+relu) with scale_c = rstd*gamma_c.
+//   backward: per channel row ds = sum g*(x - mean) (centred, so no cancellation for large means)
+//             and db = sum g, g = dy masked where z <= 0 for relu; per group the coefficients of
+//             dx = scale_c*g + bx*(x - mean) + c1; then dx, blocks backwards again. Work items are
+//             (block of samples, group).
+// channels_last, x is (N, HxW, C): rows of C contiguous channels, handled natively.
+//   forward : per chunk of rows of a sample: per-channel sums, per-group chunk means, per-channel
+//             sums of deviations (the chunk stays in cache for its second pass); chunk moments are
+//             merged per (n, g) in chunk order; then y row by row with per-channel mean/scale/shift
+//             vectors. Samples are the work items when there are enough of them, otherwise the
+//             samples are done one by one with their chunks spread over the threads.
+//   backward: per chunk, per-channel partial ds/db into a small buffer, summed in chunk order;
+//             coefficients per group; dx row by row. Same two parallel schemes as the forward.
+// When there are too few work items for the threads, the same blocks/chunks are spread over the
+// threads and their partial results combined afterwards in the same order.
+// Determinism: every reduction is cut into pieces whose boundaries depend on the problem shape
+// only, each piece is reduced by the same code in a fixed order, and the pieces are combined in a
+// fixed order (dgamma/dbeta: sample blocks, see SampleBlocks); elementwise results do not depend on
+// alignment (explicit fma, see fmadd). So outputs and gradients are bitwise identical for any
+// thread count and run. fp16/bf16 are converted block by block to float; the math is in float
+// (double for double input). Outputs of 16 MiB or more are written with streaming stores.
 #include "../group_norm.h"
 #include "../register.h"
 #include "group_norm_cpu_util.h"
@@ -73,6 +77,9 @@ inline bool enough_groups(int64_t NG) {
   return NG >= 4 * nt || (NG >= nt && NG % nt == 0);
 }
 
+// The same for work items that are whole samples or blocks of samples.
+inline bool enough_items(int64_t items) { return enough_groups(items); }
+
 template <typename T>
 inline T affine_or(const T* p, int64_t c, T dflt) {
   return p ? p[c] : dflt;
@@ -85,23 +92,44 @@ inline void finish_moments(const Moments& mo, int64_t m, double eps, T& mean, T&
   rstd = T(1.0 / std::sqrt(var + eps));
 }
 
-// dgamma[c] = sum_n rstd[n, g]*DS[n, c], dbeta[c] = sum_n DB[n, c], n in order.
+// dgamma/dbeta are sums over the samples. The samples are cut into at most kMaxNBlocks blocks of
+// consecutive samples (a function of N only); each block's sums are accumulated in sample order by
+// whichever thread owns the block, then the blocks are added in block order. So no per-(n, c)
+// buffer is needed when the work is split by samples or groups, and the result does not depend
+// on the thread count.
+constexpr int64_t kMaxNBlocks = 64;
+
+struct SampleBlocks {
+  int64_t size, count;
+  explicit SampleBlocks(int64_t N)
+      : size(ceil_div(N, kMaxNBlocks)), count(ceil_div(N, ceil_div(N, kMaxNBlocks))) {}
+  int64_t begin(int64_t blk) const { return blk * size; }
+  int64_t end(int64_t blk, int64_t N) const { return std::min(N, (blk + 1) * size); }
+};
+
+// pg[j] += r*ds[j], pb[j] += db[j] for j < nc: one sample's contribution to its block.
+inline void add_affine(double r, const double* ds, const double* db, int64_t nc, double* pg,
+                       double* pb) {
+  for (int64_t j = 0; j < nc; ++j) {
+    pg[j] = fmadd(r, ds[j], pg[j]);
+    pb[j] += db[j];
+  }
+}
+
+// dgamma[c] = sum_blk PG[blk, c], dbeta[c] = sum_blk PB[blk, c], blocks in order.
 template <typename T>
-void affine_grads(const GroupNormProblem& p, const std::vector<double>& DS,
-                  const std::vector<double>& DB, const T* rstd, T* dgamma, T* dbeta) {
-  if (!dgamma && !dbeta) return;
-  const int64_t N = p.N, C = p.C, G = p.G, D = C / G;
-  at::parallel_for(0, C, grain_for(N), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      double sg = 0, sb = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        sg += double(rstd[n * G + c / D]) * DS[n * C + c];
-        sb += DB[n * C + c];
-      }
-      if (dgamma) dgamma[c] = T(sg);
-      if (dbeta) dbeta[c] = T(sb);
+void finish_affine(int64_t C, int64_t nblk, const std::vector<double>& PG,
+                   const std::vector<double>& PB, T* dgamma, T* dbeta) {
+  std::vector<double> sg(C, 0.0), sb(C, 0.0);
+  for (int64_t blk = 0; blk < nblk; ++blk)
+    for (int64_t c = 0; c < C; ++c) {
+      sg[c] += PG[blk * C + c];
+      sb[c] += PB[blk * C + c];
     }
-  });
+  for (int64_t c = 0; c < C; ++c) {
+    if (dgamma) dgamma[c] = T(sg[c]);
+    if (dbeta) dbeta[c] = T(sb[c]);
+  }
 }
 
 // dx = sc*g + bx*(x - mean) + c1 with bx, c1 from the group sums (see group_norm.h):
@@ -145,8 +173,8 @@ void forward_nchw(const GroupNormProblem& p, const scalar_t* X, const at::opmath
     const T* xb = load_block<scalar_t, T>(xs, bx, len);
     T* yb = stream ? by : out_block<scalar_t, T>(ys, by);
     const T mu = mean[i], rs = rstd[i];
-    for (int64_t f = off; f < off + len;) {
-      const int64_t j = f / HW, e = std::min(off + len, (j + 1) * HW), c = g * D + j;
+    for (int64_t f = off, j = off / HW; f < off + len; ++j) {
+      const int64_t e = std::min(off + len, (j + 1) * HW), c = g * D + j;
       apply_row<T, RELU>(xb + (f - off), yb + (f - off), e - f, mu, rs * affine_or(gamma, c, T(1)),
                          affine_or(beta, c, T(0)));
       f = e;
@@ -196,103 +224,152 @@ void backward_nchw(const GroupNormProblem& p, const scalar_t* dY, const scalar_t
                    at::opmath_type<scalar_t>* dbeta) {
   using T = at::opmath_type<scalar_t>;
   constexpr bool kConv = !std::is_same_v<scalar_t, T>;
-  const int64_t N = p.N, C = p.C, HW = p.HxW, G = p.G, D = C / G, NG = N * G;
+  const int64_t N = p.N, C = p.C, HW = p.HxW, G = p.G, D = C / G;
   const int64_t m_i = D * HW, nb = ceil_div(m_i, kBlock);
   const double m = double(m_i);
   const int64_t nbr = ceil_div(HW, kBlock);
   const bool stream = dX && use_stream<scalar_t>(p);
-  std::vector<double> DS(N * C), DB(N * C);
-  std::vector<T> BX(dX ? NG : 0), C1(dX ? NG : 0);
+  const bool affine = dgamma || dbeta;
+  const SampleBlocks sb(N);
+  std::vector<double> PG(affine ? sb.count * C : 0), PB(affine ? sb.count * C : 0);
 
-  struct RowParams {
-    T mu, sc, bc;
+  // (ds, db) partial sums of n elements of one channel row; short rows (H*W small) skip the SIMD
+  // set-up. Every path below sums a given row with this same function.
+  auto row_sums = [](const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& s, T& d) {
+    if (n >= 4 * Vec<T>::W) return reduce_bwd<T, RELU>(dy, x, n, mu, sc, b, s, d);
+    T ts = 0, tb = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      const T xc = x[k] - mu;
+      T g = dy[k];
+      if constexpr (RELU) g = (fmadd(xc, sc, b) > T(0)) ? g : T(0);
+      ts = fmadd(g, xc, ts);
+      tb += g;
+    }
+    s = ts;
+    d = tb;
   };
-  auto row_params = [&](int64_t row) {
-    const int64_t n = row / C, c = row % C, i = n * G + c / D;
-    return RowParams{mean[i], rstd[i] * affine_or(gamma, c, T(1)), affine_or(beta, c, T(0))};
-  };
-  // Partial (ds, db) of block b of channel row `row`.
+  // Partial (ds, db) of block b of channel row `row` (split path).
   auto block_sums = [&](int64_t row, int64_t b, T* bufs, T& s, T& d) {
-    const RowParams rp = row_params(row);
+    const int64_t c = row % C, i = (row / C) * G + c / D;
     const int64_t off = row * HW + b * kBlock, len = std::min(kBlock, HW - b * kBlock);
     const T* xb = load_block<scalar_t, T>(X + off, bufs, len);
     const T* gb = load_block<scalar_t, T>(dY + off, bufs + kBlock, len);
-    reduce_bwd<T, RELU>(gb, xb, len, rp.mu, rp.sc, rp.bc, s, d);
+    row_sums(gb, xb, len, mean[i], rstd[i] * affine_or(gamma, c, T(1)), affine_or(beta, c, T(0)),
+             s, d);
+  };
+  // ds/db (D each) of the rows of group i (fused path): rows of at most kBlock elements are loaded
+  // kBlock/HW rows at a time, longer ones block by block; the sums match block_sums's.
+  auto group_sums = [&](int64_t i, T* bufs, double* ds_out, double* db_out) {
+    const int64_t g = i % G, r0 = (i / G) * C + g * D;
+    const T mu = mean[i], rs = rstd[i];
+    const bool whole = HW <= kBlock;
+    const int64_t rows_per = whole ? kBlock / HW : 1;
+    for (int64_t j0 = 0; j0 < D; j0 += rows_per) {
+      const int64_t nr = std::min(rows_per, D - j0);
+      const int64_t at0 = (r0 + j0) * HW;
+      const T* xb = whole ? load_block<scalar_t, T>(X + at0, bufs, nr * HW) : nullptr;
+      const T* gb = whole ? load_block<scalar_t, T>(dY + at0, bufs + kBlock, nr * HW) : nullptr;
+      for (int64_t jj = 0; jj < nr; ++jj) {
+        const int64_t c = g * D + j0 + jj;
+        const T sc = rs * affine_or(gamma, c, T(1)), bc = affine_or(beta, c, T(0));
+        double ds = 0, db = 0;
+        for (int64_t b = 0; b < nbr; ++b) {
+          const int64_t off = b * kBlock, len = std::min(kBlock, HW - off);
+          const T* xr = whole ? xb + jj * HW : load_block<scalar_t, T>(X + at0 + off, bufs, len);
+          const T* gr =
+              whole ? gb + jj * HW : load_block<scalar_t, T>(dY + at0 + off, bufs + kBlock, len);
+          T s, d;
+          row_sums(gr, xr, len, mu, sc, bc, s, d);
+          ds += double(s);
+          db += double(d);
+        }
+        ds_out[j0 + jj] = ds;
+        db_out[j0 + jj] = db;
+      }
+    }
   };
   // dx of flat block b of group i.
-  auto dx_block = [&](int64_t i, int64_t b, T* bufs) {
+  auto dx_block = [&](int64_t i, int64_t b, T bx, T c1, T* bufs) {
     const int64_t g = i % G, off = b * kBlock, len = std::min<int64_t>(kBlock, m_i - off);
     const int64_t at = i * m_i + off;
     const T* xb = load_block<scalar_t, T>(X + at, bufs, len);
     const T* gb = load_block<scalar_t, T>(dY + at, bufs + kBlock, len);
     T* ob = stream ? bufs + 2 * kBlock : out_block<scalar_t, T>(dX + at, bufs + 2 * kBlock);
     const T mu = mean[i], rs = rstd[i];
-    for (int64_t f = off; f < off + len;) {
-      const int64_t j = f / HW, e = std::min(off + len, (j + 1) * HW), c = g * D + j;
+    for (int64_t f = off, j = off / HW; f < off + len; ++j) {
+      const int64_t e = std::min(off + len, (j + 1) * HW), c = g * D + j;
       dx_row<T, RELU>(gb + (f - off), xb + (f - off), ob + (f - off), e - f, mu,
-                      rs * affine_or(gamma, c, T(1)), affine_or(beta, c, T(0)), BX[i], C1[i]);
+                      rs * affine_or(gamma, c, T(1)), affine_or(beta, c, T(0)), bx, c1);
       f = e;
     }
     if constexpr (kConv) store_block<scalar_t, T>(dX + at, ob, len);
     else if (stream) stream_copy(dX + at, ob, len);
   };
-  auto coeffs = [&](int64_t i) {
-    const int64_t n = i / G, g = i % G;
-    group_coeffs(DS.data() + n * C + g * D, DB.data() + n * C + g * D, gamma, g * D, D,
-                 double(rstd[i]), m, BX[i], C1[i]);
-  };
 
-  if (enough_groups(NG)) {
-    at::parallel_for(0, NG, grain_for(2 * D * HW), [&](int64_t begin, int64_t end) {
+  const int64_t items = sb.count * G;  // (block of samples, group)
+  if (enough_items(items)) {
+    at::parallel_for(0, items, grain_for(2 * m_i * sb.size), [&](int64_t begin, int64_t end) {
       std::vector<T> bufs(kConv || stream ? 3 * kBlock : 0);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t n = i / G, g = i % G;
-        const int64_t r0 = n * C + g * D, r1 = r0 + D;
-        for (int64_t row = r0; row < r1; ++row) {
-          double ds = 0, db = 0;
-          for (int64_t b = 0; b < nbr; ++b) {
-            T s, d;
-            block_sums(row, b, bufs.data(), s, d);
-            ds += double(s);
-            db += double(d);
-          }
-          DS[row] = ds;
-          DB[row] = db;
+      std::vector<double> ds(D), db(D);
+      for (int64_t it = begin; it < end; ++it) {
+        const int64_t blk = it / G, g = it % G;
+        for (int64_t n = sb.begin(blk); n < sb.end(blk, N); ++n) {
+          const int64_t i = n * G + g;
+          group_sums(i, bufs.data(), ds.data(), db.data());
+          if (affine)
+            add_affine(double(rstd[i]), ds.data(), db.data(), D, PG.data() + blk * C + g * D,
+                       PB.data() + blk * C + g * D);
+          if (!dX) continue;
+          T bx, c1;
+          group_coeffs(ds.data(), db.data(), gamma, g * D, D, double(rstd[i]), m, bx, c1);
+          for (int64_t b = nb; b-- > 0;) dx_block(i, b, bx, c1, bufs.data());
         }
-        if (!dX) continue;
-        coeffs(i);
-        for (int64_t b = nb; b-- > 0;) dx_block(i, b, bufs.data());
       }
       if (stream) stream_fence();
     });
   } else {
-    const int64_t items = N * C * nbr;
-    std::vector<T> PS(items), PB(items);
-    at::parallel_for(0, items, grain_for(2 * std::min(HW, kBlock)), [&](int64_t begin, int64_t end) {
+    // Few items: split every channel row into its blocks, keep per-(n, c) sums (N is small here).
+    const int64_t NG = N * G, nitems = N * C * nbr;
+    std::vector<T> PS(nitems), PBk(nitems);
+    std::vector<double> DS(N * C), DB(N * C);
+    at::parallel_for(0, nitems, grain_for(2 * std::min(HW, kBlock)), [&](int64_t begin, int64_t end) {
       std::vector<T> bufs(kConv ? 2 * kBlock : 0);
-      for (int64_t j = begin; j < end; ++j) block_sums(j / nbr, j % nbr, bufs.data(), PS[j], PB[j]);
+      for (int64_t j = begin; j < end; ++j) block_sums(j / nbr, j % nbr, bufs.data(), PS[j], PBk[j]);
     });
-    at::parallel_for(0, N * C, grain_for(nbr * 64), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        double ds = 0, db = 0;
-        for (int64_t b = 0; b < nbr; ++b) {
-          ds += double(PS[row * nbr + b]);
-          db += double(PB[row * nbr + b]);
-        }
-        DS[row] = ds;
-        DB[row] = db;
+    for (int64_t row = 0; row < N * C; ++row) {
+      double ds = 0, db = 0;
+      for (int64_t b = 0; b < nbr; ++b) {
+        ds += double(PS[row * nbr + b]);
+        db += double(PBk[row * nbr + b]);
       }
-    });
+      DS[row] = ds;
+      DB[row] = db;
+    }
+    if (affine)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t blk = n / sb.size, o = n * C + g * D;
+          add_affine(double(rstd[n * G + g]), DS.data() + o, DB.data() + o, D,
+                     PG.data() + blk * C + g * D, PB.data() + blk * C + g * D);
+        }
     if (dX) {
-      for (int64_t i = 0; i < NG; ++i) coeffs(i);
+      std::vector<T> BX(NG), C1(NG);
+      for (int64_t i = 0; i < NG; ++i) {
+        const int64_t o = (i / G) * C + (i % G) * D;
+        group_coeffs(DS.data() + o, DB.data() + o, gamma, (i % G) * D, D, double(rstd[i]), m,
+                     BX[i], C1[i]);
+      }
       at::parallel_for(0, NG * nb, grain_for(3 * kBlock), [&](int64_t begin, int64_t end) {
         std::vector<T> bufs(kConv || stream ? 3 * kBlock : 0);
-        for (int64_t j = end; j-- > begin;) dx_block(j / nb, j % nb, bufs.data());
+        for (int64_t j = end; j-- > begin;) {
+          const int64_t i = j / nb;
+          dx_block(i, j % nb, BX[i], C1[i], bufs.data());
+        }
         if (stream) stream_fence();
       });
     }
   }
-  affine_grads(p, DS, DB, rstd, dgamma, dbeta);
+  if (affine) finish_affine(C, sb.count, PG, PB, dgamma, dbeta);
 }
 
 // =============================================================================================
@@ -583,11 +660,11 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
     for (int64_t k = 0; k < nch; ++k) merge(acc, part[k * G + g]);
     finish_moments(acc, D * HW, p.eps, mean[n * G + g], rstd[n * G + g]);
   };
-  // y of rows [r0, r1) of sample n, in batches of Ra rows from the last one backwards (the rows
-  // the statistics read last are the ones still in cache).
   // Streaming stores go straight to y when every row starts 32-byte aligned.
   const bool direct_stream =
       stream && (C * int64_t(sizeof(T))) % 32 == 0 && reinterpret_cast<uintptr_t>(Y) % 32 == 0;
+  // y of rows [r0, r1) of sample n, in batches of Ra rows from the last one backwards (the rows
+  // the statistics read last are the ones still in cache).
   auto apply_rows = [&](int64_t n, int64_t r0, int64_t r1, const T* MC, const T* SC, const T* BC,
                         T* xbuf, T* ybuf) {
     for (int64_t re = r1; re > r0;) {
@@ -656,8 +733,9 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
   const int64_t nch = ceil_div(HW, R);
   const int64_t Rc = std::max<int64_t>(1, kConvElems / C);  // rows per conversion / dx chunk
   const bool stream = dX && use_stream<scalar_t>(p);
-  const bool by_sample = enough_samples(N);
-  std::vector<double> DS(N * C), DB(N * C);
+  const bool affine = dgamma || dbeta;
+  const SampleBlocks sb(N);
+  std::vector<double> PG(affine ? sb.count * C : 0), PB(affine ? sb.count * C : 0);
 
   // Per-channel partial sums of chunk k of sample n into ps/pb (C each).
   auto sums_chunk = [&](int64_t n, int64_t k, const T* prm, T* ps, T* pb, T* xbuf, T* gbuf) {
@@ -672,25 +750,33 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
       bwd_cl_rows<T, RELU>(gb, xb, nr, C, prm, prm + C, prm + 2 * C, ps, pb);
     }
   };
-  // DS/DB of channels [c0, c1) of sample n: the chunk partials summed in chunk order.
-  auto reduce_chunks = [&](int64_t n, int64_t c0, int64_t c1, const T* PS, const T* PB) {
-    double* __restrict ds = DS.data() + n * C;
-    double* __restrict db = DB.data() + n * C;
+  // ds/db (C each) of one sample: the chunk partials summed in chunk order, channels [c0, c1).
+  auto reduce_chunks = [&](int64_t c0, int64_t c1, const T* PS, const T* PB_, double* ds,
+                           double* db) {
+    std::fill(ds + c0, ds + c1, 0.0);
+    std::fill(db + c0, db + c1, 0.0);
     for (int64_t k = 0; k < nch; ++k) {
-      const T* __restrict ps = PS + k * C;
-      const T* __restrict pb = PB + k * C;
+      const T* ps = PS + k * C;
+      const T* pb = PB_ + k * C;
       for (int64_t c = c0; c < c1; ++c) {
         ds[c] += double(ps[c]);
         db[c] += double(pb[c]);
       }
     }
   };
+  // Sample n's share of dgamma/dbeta, into its block of samples.
+  auto affine_sample = [&](int64_t n, const double* ds, const double* db) {
+    const int64_t blk = n / sb.size;
+    for (int64_t g = 0; g < G; ++g)
+      add_affine(double(rstd[n * G + g]), ds + g * D, db + g * D, D, PG.data() + blk * C + g * D,
+                 PB.data() + blk * C + g * D);
+  };
   // prm: MC, SC, BC, then BX, C1 expanded per channel.
-  auto coeffs = [&](int64_t n, T* prm) {
+  auto coeffs = [&](int64_t n, const double* ds, const double* db, T* prm) {
     for (int64_t g = 0; g < G; ++g) {
       T bx, c1;
-      group_coeffs(DS.data() + n * C + g * D, DB.data() + n * C + g * D, gamma, g * D, D,
-                   double(rstd[n * G + g]), double(D * HW), bx, c1);
+      group_coeffs(ds + g * D, db + g * D, gamma, g * D, D, double(rstd[n * G + g]),
+                   double(D * HW), bx, c1);
       std::fill(prm + 3 * C + g * D, prm + 3 * C + (g + 1) * D, bx);
       std::fill(prm + 4 * C + g * D, prm + 4 * C + (g + 1) * D, c1);
     }
@@ -721,22 +807,30 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
   const int64_t cbuf = kConv ? Rc * C : 0;
   const int64_t obn = (kConv || stream) ? Rc * C : 0;
 
-  if (by_sample) {
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> prm(5 * C), PS(nch * C), PB(nch * C), xbuf(cbuf), gbuf(cbuf), obuf(obn);
-      for (int64_t n = begin; n < end; ++n) {
-        channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C, prm.data() + 2 * C);
-        for (int64_t k = 0; k < nch; ++k)
-          sums_chunk(n, k, prm.data(), PS.data() + k * C, PB.data() + k * C, xbuf.data(), gbuf.data());
-        reduce_chunks(n, 0, C, PS.data(), PB.data());
-        if (!dX) continue;
-        coeffs(n, prm.data());
-        dx_rows(n, 0, HW, prm.data(), xbuf.data(), gbuf.data(), obuf.data());
-      }
+  if (enough_samples(N)) {
+    // One task per block of samples, each sample done whole (its dx pass finds it in cache).
+    at::parallel_for(0, sb.count, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> prm(5 * C), PS(nch * C), PSb(nch * C), xbuf(cbuf), gbuf(cbuf), obuf(obn);
+      std::vector<double> ds(C), db(C);
+      for (int64_t blk = begin; blk < end; ++blk)
+        for (int64_t n = sb.begin(blk); n < sb.end(blk, N); ++n) {
+          channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C,
+                         prm.data() + 2 * C);
+          for (int64_t k = 0; k < nch; ++k)
+            sums_chunk(n, k, prm.data(), PS.data() + k * C, PSb.data() + k * C, xbuf.data(),
+                       gbuf.data());
+          reduce_chunks(0, C, PS.data(), PSb.data(), ds.data(), db.data());
+          if (affine) affine_sample(n, ds.data(), db.data());
+          if (!dX) continue;
+          coeffs(n, ds.data(), db.data(), prm.data());
+          dx_rows(n, 0, HW, prm.data(), xbuf.data(), gbuf.data(), obuf.data());
+        }
       if (stream) stream_fence();
     });
   } else {
-    std::vector<T> prm(5 * C), PS(nch * C), PB(nch * C);
+    // Few samples: one after the other, each spread over the threads by chunks of rows.
+    std::vector<T> prm(5 * C), PS(nch * C), PSb(nch * C);
+    std::vector<double> ds(C), db(C);
     constexpr int64_t kCB = 64;
     const int64_t ncb = ceil_div(C, kCB);
     for (int64_t n = 0; n < N; ++n) {
@@ -744,22 +838,26 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
       at::parallel_for(0, nch, grain_for(2 * R * C), [&](int64_t begin, int64_t end) {
         std::vector<T> xbuf(cbuf), gbuf(cbuf);
         for (int64_t k = begin; k < end; ++k)
-          sums_chunk(n, k, prm.data(), PS.data() + k * C, PB.data() + k * C, xbuf.data(), gbuf.data());
+          sums_chunk(n, k, prm.data(), PS.data() + k * C, PSb.data() + k * C, xbuf.data(),
+                     gbuf.data());
       });
       at::parallel_for(0, ncb, grain_for(nch * kCB), [&](int64_t begin, int64_t end) {
         for (int64_t j = begin; j < end; ++j)
-          reduce_chunks(n, j * kCB, std::min(C, (j + 1) * kCB), PS.data(), PB.data());
+          reduce_chunks(j * kCB, std::min(C, (j + 1) * kCB), PS.data(), PSb.data(), ds.data(),
+                        db.data());
       });
+      if (affine) affine_sample(n, ds.data(), db.data());
       if (!dX) continue;
-      coeffs(n, prm.data());
+      coeffs(n, ds.data(), db.data(), prm.data());
       at::parallel_for(0, nch, grain_for(2 * R * C), [&](int64_t begin, int64_t end) {
         std::vector<T> xbuf(cbuf), gbuf(cbuf), obuf(obn);
-        dx_rows(n, begin * R, std::min(HW, end * R), prm.data(), xbuf.data(), gbuf.data(), obuf.data());
+        dx_rows(n, begin * R, std::min(HW, end * R), prm.data(), xbuf.data(), gbuf.data(),
+                obuf.data());
         if (stream) stream_fence();
       });
     }
   }
-  affine_grads(p, DS, DB, rstd, dgamma, dbeta);
+  if (affine) finish_affine(C, sb.count, PG, PB, dgamma, dbeta);
 }
 
 template <typename T>

@@ -208,7 +208,8 @@ inline void dx_row(const T* __restrict dy, const T* __restrict x, T* __restrict 
 // ---------------------------------------------------------------------------------------------
 // Non-temporal (streaming) stores for outputs much larger than the caches: they skip the read
 // for ownership of the destination lines, which is a third of the memory traffic of a forward.
-// The values stored are the same as with the plain loops above (same operations per element).
+// Callers compute into a cache-resident buffer (or straight into aligned rows) with the same
+// per-element operations either way, so the values do not depend on the path.
 
 #if defined(__AVX__)
 #define GN_CPU_HAVE_STREAM 1
@@ -226,46 +227,6 @@ inline int64_t peel_to_align(const T* p, int64_t n) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   if (a % sizeof(T) != 0) return n;
   return std::min<int64_t>(n, int64_t(((32 - (a & 31)) & 31) / sizeof(T)));
-}
-
-template <typename T, bool RELU>
-inline void apply_row_stream(const T* x, T* y, int64_t n, T mu, T sc, T b) {
-#if GN_CPU_HAVE_STREAM
-  using VT = V<T>;
-  constexpr int64_t W = Vec<T>::W;
-  int64_t i = peel_to_align(y, n);
-  apply_row<T, RELU>(x, y, i, mu, sc, b);
-  const VT m = splat<T>(mu), s = splat<T>(sc), bb = splat<T>(b), zero{};
-  for (; i + W <= n; i += W) {
-    VT z = fmadd(loadu(x + i) - m, s, bb);
-    if constexpr (RELU) z = z < zero ? zero : z;
-    stream_store(y + i, z);
-  }
-  apply_row<T, RELU>(x + i, y + i, n - i, mu, sc, b);
-#else
-  apply_row<T, RELU>(x, y, n, mu, sc, b);
-#endif
-}
-
-template <typename T, bool RELU>
-inline void dx_row_stream(const T* dy, const T* x, T* dx, int64_t n, T mu, T sc, T b, T bx, T c1) {
-#if GN_CPU_HAVE_STREAM
-  using VT = V<T>;
-  constexpr int64_t W = Vec<T>::W;
-  int64_t i = peel_to_align(dx, n);
-  dx_row<T, RELU>(dy, x, dx, i, mu, sc, b, bx, c1);
-  const VT m = splat<T>(mu), s = splat<T>(sc), bb = splat<T>(b), vbx = splat<T>(bx),
-           vc1 = splat<T>(c1), zero{};
-  for (; i + W <= n; i += W) {
-    const VT xc = loadu(x + i) - m;
-    VT g = loadu(dy + i);
-    if constexpr (RELU) g = (fmadd(xc, s, bb) > zero) ? g : zero;
-    stream_store(dx + i, fmadd(s, g, fmadd(vbx, xc, vc1)));
-  }
-  dx_row<T, RELU>(dy + i, x + i, dx + i, n - i, mu, sc, b, bx, c1);
-#else
-  dx_row<T, RELU>(dy, x, dx, n, mu, sc, b, bx, c1);
-#endif
 }
 
 // dst[0, n) = src[0, n) with streaming stores where possible.
