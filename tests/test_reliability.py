@@ -43,7 +43,7 @@ def test_sigkill_then_resume_continues_the_schedule(env, tmp_path):  # noqa: F81
     saved = (out / "last_checkpoint").read_text()
     assert saved.startswith("model_") and saved.endswith(".pth")
 
-    log = run(args[1:] + ["--resume", "OUTPUT_DIR", str(out)], env)
+    log = run([TRAIN_NET, "--resume"] + args[2:] + ["OUTPUT_DIR", str(out)], env)
     start = int(saved[len("model_"):-len(".pth")]) + 1
     assert f"Starting training from iteration {start}" in log
     assert (out / "model_final.pth").exists()

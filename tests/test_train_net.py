@@ -119,17 +119,24 @@ def test_torchrun(env, tmp_path):
     assert (tmp_path / "model_final.pth").exists()
 
 
-def _mean_loss(out_dir, last=5):
+# The losses that do not depend on which classes are learnt: objectness and box of the RPN, and
+# the mask loss (averaged over foreground RoIs). The classification and box-regression losses of
+# the box head are not comparable between runs: a model that finds objects samples more
+# foreground RoIs, whose losses are larger than those of background RoIs.
+CLASS_AGNOSTIC = ("loss_rpn_cls", "loss_rpn_loc", "loss_mask")
+
+
+def _mean_loss(out_dir, keys=CLASS_AGNOSTIC, last=5):
     records = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
-    losses = [r["total_loss"] for r in records if "total_loss" in r]
+    losses = [sum(r[k] for k in keys) for r in records if "total_loss" in r]
     return sum(losses[-last:]) / len(losses[-last:])
 
 
 @pytest.mark.slow
 def test_fine_tuning_from_other_classes_beats_scratch(env, tmp_path):
     """Train on four shape classes, fine-tune on the other two from that checkpoint: the
-    class-dependent layers are re-initialised (one log line) and the loss falls faster than
-    from scratch over the same iterations."""
+    class-dependent layers are re-initialised (one log line) and the class-agnostic losses
+    (RPN and mask) fall faster than from scratch over the same iterations."""
     common = [TRAIN_NET, "--config-file", CONFIG] + TINY + ["DATASETS.TEST", "()", "SOLVER.BASE_LR", "0.02"]
     run(common + ["DATASETS.TRAIN", "('shapes_a_train',)", "MODEL.ROI_HEADS.NUM_CLASSES", "4",
                   "SOLVER.MAX_ITER", "80", "OUTPUT_DIR", str(tmp_path / "a")], env)
@@ -140,4 +147,4 @@ def test_fine_tuning_from_other_classes_beats_scratch(env, tmp_path):
     assert log.count("Fine-tuning to a different number of classes: re-initialised 6 class-dependent") == 1
     assert "Skip loading parameter" not in log
     finetuned, scratch = _mean_loss(tmp_path / "ft"), _mean_loss(tmp_path / "scratch")
-    assert finetuned < 0.9 * scratch, (finetuned, scratch)
+    assert finetuned < 0.85 * scratch, (finetuned, scratch)

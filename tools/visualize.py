@@ -60,7 +60,7 @@ class _Predictor(DefaultPredictor):
         self.input_format = cfg.INPUT.FORMAT
 
 
-def draw_predictions(cfg, num_images, path, score_threshold=0.5):
+def draw_predictions(cfg, num_images, path, score_threshold=0.3):
     dataset = cfg.DATASETS.TEST[0]
     records = DatasetCatalog.get(dataset)[:num_images]
     metadata = MetadataCatalog.get(dataset)
@@ -125,6 +125,7 @@ def main(argv=None):
         os.path.abspath(__file__))), "configs", "shapes", "mask_rcnn_gn.yaml"))
     parser.add_argument("--weights", default=None, help="default: OUTPUT_DIR/model_final.pth")
     parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="draw predictions scoring at least this")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     cfg = load_cfg(args.config_file, args.opts)
@@ -132,7 +133,8 @@ def main(argv=None):
     cfg.MODEL.WEIGHTS = args.weights or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if not os.path.exists(cfg.MODEL.WEIGHTS):
         raise SystemExit(f"{cfg.MODEL.WEIGHTS}: no trained weights; train first (tools/train_net.py)")
-    pred = draw_predictions(cfg, args.num_images, os.path.join(cfg.OUTPUT_DIR, "predictions.png"))
+    pred = draw_predictions(cfg, args.num_images, os.path.join(cfg.OUTPUT_DIR, "predictions.png"),
+                            args.score_threshold)
     curves = plot_curves(cfg.OUTPUT_DIR, os.path.join(cfg.OUTPUT_DIR, "training_curves.png"))
     print(f"predictions:     {pred}\ntraining curves: {curves}")
 

@@ -55,14 +55,17 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs this large bypas
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Whether a float/double output of this problem is written with streaming stores.
+// Whether a float/double output `out` of this problem is written with streaming stores: when it is
+// large and its memory is already resident (see pages_resident).
 template <typename scalar_t>
-inline bool use_stream(const GroupNormProblem& p) {
+inline bool use_stream(const GroupNormProblem& p, const void* out) {
   if constexpr (!std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
     (void)p;
+    (void)out;
     return false;
   } else {
-    return GN_CPU_HAVE_STREAM && p.N * p.C * p.HxW * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+    const int64_t bytes = p.N * p.C * p.HxW * int64_t(sizeof(scalar_t));
+    return GN_CPU_HAVE_STREAM && bytes >= kStreamBytes && pages_resident(out, bytes);
   }
 }
 
@@ -158,7 +161,7 @@ void forward_nchw(const GroupNormProblem& p, const scalar_t* X, const at::opmath
   constexpr bool kConv = !std::is_same_v<scalar_t, T>;
   const int64_t N = p.N, C = p.C, HW = p.HxW, G = p.G, D = C / G, m = D * HW, NG = N * G;
   const int64_t nb = ceil_div(m, kBlock);
-  const bool stream = use_stream<scalar_t>(p);
+  const bool stream = use_stream<scalar_t>(p, Y);
 
   auto block_stats = [&](int64_t i, int64_t b, T* buf) {
     const int64_t off = b * kBlock, len = std::min(kBlock, m - off);
@@ -228,7 +231,7 @@ void backward_nchw(const GroupNormProblem& p, const scalar_t* dY, const scalar_t
   const int64_t m_i = D * HW, nb = ceil_div(m_i, kBlock);
   const double m = double(m_i);
   const int64_t nbr = ceil_div(HW, kBlock);
-  const bool stream = dX && use_stream<scalar_t>(p);
+  const bool stream = dX && use_stream<scalar_t>(p, dX);
   const bool affine = dgamma || dbeta;
   const SampleBlocks sb(N);
   std::vector<double> PG(affine ? sb.count * C : 0), PB(affine ? sb.count * C : 0);
@@ -617,7 +620,7 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
   const int64_t R = std::clamp<int64_t>(kClFwdElems / C, 1, kClFwdMaxRows);  // stats chunk rows
   const int64_t nch = ceil_div(HW, R);
   const int64_t Ra = std::max<int64_t>(1, kConvElems / C);  // apply chunk rows
-  const bool stream = use_stream<scalar_t>(p);
+  const bool stream = use_stream<scalar_t>(p, Y);
   const bool by_sample = enough_samples(N);
 
   // Moments of the G groups of chunk k of sample n, into part[k*G, (k+1)*G).
@@ -732,7 +735,7 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
   const int64_t R = std::clamp<int64_t>(kClBwdElems / C, 1, kClBwdMaxRows);  // sums chunk rows
   const int64_t nch = ceil_div(HW, R);
   const int64_t Rc = std::max<int64_t>(1, kConvElems / C);  // rows per conversion / dx chunk
-  const bool stream = dX && use_stream<scalar_t>(p);
+  const bool stream = dX && use_stream<scalar_t>(p, dX);
   const bool affine = dgamma || dbeta;
   const SampleBlocks sb(N);
   std::vector<double> PG(affine ? sb.count * C : 0), PB(affine ? sb.count * C : 0);

@@ -13,6 +13,11 @@
 #include <cstring>
 #include <type_traits>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define GN_CPU_X86 1
@@ -24,20 +29,26 @@ namespace gn_detectron {
 namespace cpu {
 
 // ---------------------------------------------------------------------------------------------
-// 256-bit vectors through GCC/Clang vector extensions (AVX2 registers with -mavx2; split into SSE
-// halves otherwise). Reductions use four vector accumulators, combined in a fixed tree.
+// SIMD through GCC/Clang vector extensions: 256-bit vectors when AVX is enabled (the build uses
+// -mavx2 -mfma where the machine has them), 128-bit otherwise. Reductions use four vector
+// accumulators, combined in a fixed tree.
 
+#if defined(__AVX__)
+constexpr int64_t kVecBytes = 32;
+#else
+constexpr int64_t kVecBytes = 16;
+#endif
 template <typename T>
 struct Vec;
 template <>
 struct Vec<float> {
-  typedef float type __attribute__((vector_size(32)));
-  static constexpr int64_t W = 8;
+  typedef float type __attribute__((vector_size(kVecBytes)));
+  static constexpr int64_t W = kVecBytes / 4;
 };
 template <>
 struct Vec<double> {
-  typedef double type __attribute__((vector_size(32)));
-  static constexpr int64_t W = 4;
+  typedef double type __attribute__((vector_size(kVecBytes)));
+  static constexpr int64_t W = kVecBytes / 8;
 };
 template <typename T>
 using V = typename Vec<T>::type;
@@ -220,6 +231,30 @@ inline void stream_fence() { _mm_sfence(); }
 #define GN_CPU_HAVE_STREAM 0
 inline void stream_fence() {}
 #endif
+
+// Whether the pages of [p, p + bytes) are already backed by memory (sampled: first, middle and
+// last whole page). A freshly mapped output is not: the kernel zeroes each page through the cache
+// when it is first touched, and streaming stores into those cached lines are slower than plain
+// ones. Only the kind of store depends on this, never a value.
+inline bool pages_resident(const void* p, int64_t bytes) {
+#if defined(__linux__)
+  static const uintptr_t ps = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p), e = a + uintptr_t(bytes);
+  const uintptr_t first = (a + ps - 1) & ~(ps - 1);
+  if (e < first + ps) return true;
+  const uintptr_t last = (e & ~(ps - 1)) - ps;
+  const uintptr_t mid = first + (((last - first) / 2) & ~(ps - 1));
+  for (const uintptr_t q : {first, mid, last}) {
+    unsigned char v = 0;
+    if (mincore(reinterpret_cast<void*>(q), ps, &v) != 0 || !(v & 1)) return false;
+  }
+  return true;
+#else
+  (void)p;
+  (void)bytes;
+  return false;
+#endif
+}
 
 // Elements to handle one by one before `p` is 32-byte aligned (n when it never will be).
 template <typename T>
