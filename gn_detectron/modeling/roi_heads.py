@@ -16,9 +16,12 @@ from .norm import GNSpec, norm_factory
 __all__ = ["GNFastRCNNConvFCHead", "GNMaskRCNNConvUpsampleHead"]
 
 
-@ROI_BOX_HEAD_REGISTRY.register()
-class GNFastRCNNConvFCHead(FastRCNNConvFCHead):
-    """``FastRCNNConvFCHead`` with a registered norm and fused GN + ReLU."""
+class _RegisteredNormHead:
+    """Mixin for detectron2's conv heads: ``conv_norm`` comes from the norm registry (the name in
+    ``MODEL.<HEAD_CFG>.NORM``, configured by ``MODEL.GN``) and each conv's GN + ReLU is fused
+    when ``MODEL.GN.FUSE_ACTIVATION`` is set."""
+
+    HEAD_CFG = ""  # the config node of the head, e.g. "ROI_BOX_HEAD"
 
     @configurable
     def __init__(self, input_shape, *, fuse_activation: bool = True, **kwargs):
@@ -29,24 +32,20 @@ class GNFastRCNNConvFCHead(FastRCNNConvFCHead):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["conv_norm"] = norm_factory(cfg, cfg.MODEL.ROI_BOX_HEAD.NORM)
+        ret["conv_norm"] = norm_factory(cfg, cfg.MODEL[cls.HEAD_CFG].NORM)
         ret["fuse_activation"] = GNSpec.from_config(cfg).fuse_activation
         return ret
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class GNFastRCNNConvFCHead(_RegisteredNormHead, FastRCNNConvFCHead):
+    """``FastRCNNConvFCHead`` with a registered norm and fused GN + ReLU."""
+
+    HEAD_CFG = "ROI_BOX_HEAD"
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
-class GNMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
+class GNMaskRCNNConvUpsampleHead(_RegisteredNormHead, MaskRCNNConvUpsampleHead):
     """``MaskRCNNConvUpsampleHead`` with a registered norm and fused GN + ReLU."""
 
-    @configurable
-    def __init__(self, input_shape, *, fuse_activation: bool = True, **kwargs):
-        super().__init__(input_shape, **kwargs)
-        if fuse_activation:
-            fuse_norm_activation(self)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["conv_norm"] = norm_factory(cfg, cfg.MODEL.ROI_MASK_HEAD.NORM)
-        ret["fuse_activation"] = GNSpec.from_config(cfg).fuse_activation
-        return ret
+    HEAD_CFG = "ROI_MASK_HEAD"

@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 namespace gn_detectron {
@@ -670,8 +671,10 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
   // the statistics read last are the ones still in cache).
   auto apply_rows = [&](int64_t n, int64_t r0, int64_t r1, const T* MC, const T* SC, const T* BC,
                         T* xbuf, T* ybuf) {
+    static const bool fwd_order = std::getenv("GN_FWD_ORDER") != nullptr;  // TEMP
     for (int64_t re = r1; re > r0;) {
-      const int64_t rs = std::max(r0, re - Ra), rows = re - rs;
+      int64_t rs = std::max(r0, re - Ra), rows = re - rs;
+      if (fwd_order) { rs = r0 + (r1 - re); rows = std::min(Ra, r1 - rs); }
       const int64_t off = (n * HW + rs) * C;
       const T* xb = load_block<scalar_t, T>(X + off, xbuf, rows * C);
       if (direct_stream) {
