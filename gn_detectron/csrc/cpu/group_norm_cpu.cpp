@@ -37,7 +37,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <vector>
 
 namespace gn_detectron {
@@ -671,10 +670,8 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
   // the statistics read last are the ones still in cache).
   auto apply_rows = [&](int64_t n, int64_t r0, int64_t r1, const T* MC, const T* SC, const T* BC,
                         T* xbuf, T* ybuf) {
-    static const bool fwd_order = std::getenv("GN_FWD_ORDER") != nullptr;  // TEMP
     for (int64_t re = r1; re > r0;) {
-      int64_t rs = std::max(r0, re - Ra), rows = re - rs;
-      if (fwd_order) { rs = r0 + (r1 - re); rows = std::min(Ra, r1 - rs); }
+      const int64_t rs = std::max(r0, re - Ra), rows = re - rs;
       const int64_t off = (n * HW + rs) * C;
       const T* xb = load_block<scalar_t, T>(X + off, xbuf, rows * C);
       if (direct_stream) {
@@ -705,26 +702,32 @@ void forward_cl(const GroupNormProblem& p, const scalar_t* X, const at::opmath_t
     });
     return;
   }
-  std::vector<Moments> part(nch * G);
-  std::vector<T> prm(3 * C);
+  // Few samples: chunks of all samples spread over the threads, three parallel passes.
+  std::vector<Moments> part(N * nch * G);
+  std::vector<T> prm(N * 3 * C);
+  at::parallel_for(0, N * nch, grain_for(R * C), [&](int64_t begin, int64_t end) {
+    StatsBufs bf = make_stats_bufs();
+    for (int64_t j = begin; j < end; ++j) stats_chunk(j / nch, j % nch, part.data() + (j / nch) * nch * G, bf);
+  });
+  at::parallel_for(0, N * G, grain_for(nch * 64), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) merge_group(i / G, i % G, part.data() + (i / G) * nch * G);
+  });
   for (int64_t n = 0; n < N; ++n) {
-    at::parallel_for(0, nch, grain_for(R * C), [&](int64_t begin, int64_t end) {
-      StatsBufs bf = make_stats_bufs();
-      for (int64_t k = begin; k < end; ++k) stats_chunk(n, k, part.data(), bf);
-    });
-    at::parallel_for(0, G, grain_for(nch * 64), [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) merge_group(n, g, part.data());
-    });
-    channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C, prm.data() + 2 * C);
-    // Same split of the chunks over the threads as the statistics, so each thread finds its rows
-    // in its own cache.
-    at::parallel_for(0, nch, grain_for(R * C), [&](int64_t begin, int64_t end) {
-      std::vector<T> xbuf(kConv ? Ra * C : 0), ybuf(abuf);
-      apply_rows(n, begin * R, std::min(HW, end * R), prm.data(), prm.data() + C, prm.data() + 2 * C,
-                 xbuf.data(), ybuf.data());
-      if (stream) stream_fence();
-    });
+    T* pn = prm.data() + n * 3 * C;
+    channel_params(p, n, mean, rstd, gamma, beta, pn, pn + C, pn + 2 * C);
   }
+  // Same split of the chunks over the threads as the statistics, walked backwards, so each
+  // thread finds its last rows in its own cache.
+  at::parallel_for(0, N * nch, grain_for(R * C), [&](int64_t begin, int64_t end) {
+    std::vector<T> xbuf(kConv ? Ra * C : 0), ybuf(abuf);
+    for (int64_t j = end; j-- > begin;) {
+      const int64_t n = j / nch, k = j % nch;
+      const T* pn = prm.data() + n * 3 * C;
+      apply_rows(n, k * R, std::min(HW, (k + 1) * R), pn, pn + C, pn + 2 * C, xbuf.data(),
+                 ybuf.data());
+    }
+    if (stream) stream_fence();
+  });
 }
 
 template <typename scalar_t, bool RELU>
@@ -834,34 +837,42 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
       if (stream) stream_fence();
     });
   } else {
-    // Few samples: one after the other, each spread over the threads by chunks of rows.
-    std::vector<T> prm(5 * C), PS(nch * C), PSb(nch * C);
-    std::vector<double> ds(C), db(C);
+    // Few samples: chunks of all samples spread over the threads, three parallel passes.
+    std::vector<T> prm(N * 5 * C), PS(N * nch * C), PSb(N * nch * C);
+    std::vector<double> ds(N * C), db(N * C);
+    for (int64_t n = 0; n < N; ++n) {
+      T* pn = prm.data() + n * 5 * C;
+      channel_params(p, n, mean, rstd, gamma, beta, pn, pn + C, pn + 2 * C);
+    }
+    at::parallel_for(0, N * nch, grain_for(2 * R * C), [&](int64_t begin, int64_t end) {
+      std::vector<T> xbuf(cbuf), gbuf(cbuf);
+      for (int64_t j = begin; j < end; ++j)
+        sums_chunk(j / nch, j % nch, prm.data() + (j / nch) * 5 * C, PS.data() + j * C,
+                   PSb.data() + j * C, xbuf.data(), gbuf.data());
+    });
     constexpr int64_t kCB = 64;
     const int64_t ncb = ceil_div(C, kCB);
+    at::parallel_for(0, N * ncb, grain_for(nch * kCB), [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const int64_t n = j / ncb, cb = j % ncb;
+        reduce_chunks(cb * kCB, std::min(C, (cb + 1) * kCB), PS.data() + n * nch * C,
+                      PSb.data() + n * nch * C, ds.data() + n * C, db.data() + n * C);
+      }
+    });
     for (int64_t n = 0; n < N; ++n) {
-      channel_params(p, n, mean, rstd, gamma, beta, prm.data(), prm.data() + C, prm.data() + 2 * C);
-      at::parallel_for(0, nch, grain_for(2 * R * C), [&](int64_t begin, int64_t end) {
-        std::vector<T> xbuf(cbuf), gbuf(cbuf);
-        for (int64_t k = begin; k < end; ++k)
-          sums_chunk(n, k, prm.data(), PS.data() + k * C, PSb.data() + k * C, xbuf.data(),
-                     gbuf.data());
-      });
-      at::parallel_for(0, ncb, grain_for(nch * kCB), [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; ++j)
-          reduce_chunks(j * kCB, std::min(C, (j + 1) * kCB), PS.data(), PSb.data(), ds.data(),
-                        db.data());
-      });
-      if (affine) affine_sample(n, ds.data(), db.data());
-      if (!dX) continue;
-      coeffs(n, ds.data(), db.data(), prm.data());
-      at::parallel_for(0, nch, grain_for(2 * R * C), [&](int64_t begin, int64_t end) {
+      if (affine) affine_sample(n, ds.data() + n * C, db.data() + n * C);
+      if (dX) coeffs(n, ds.data() + n * C, db.data() + n * C, prm.data() + n * 5 * C);
+    }
+    if (dX)
+      at::parallel_for(0, N * nch, grain_for(2 * R * C), [&](int64_t begin, int64_t end) {
         std::vector<T> xbuf(cbuf), gbuf(cbuf), obuf(obn);
-        dx_rows(n, begin * R, std::min(HW, end * R), prm.data(), xbuf.data(), gbuf.data(),
-                obuf.data());
+        for (int64_t j = end; j-- > begin;) {
+          const int64_t n = j / nch, k = j % nch;
+          dx_rows(n, k * R, std::min(HW, (k + 1) * R), prm.data() + n * 5 * C, xbuf.data(),
+                  gbuf.data(), obuf.data());
+        }
         if (stream) stream_fence();
       });
-    }
   }
   if (affine) finish_affine(C, sb.count, PG, PB, dgamma, dbeta);
 }
