@@ -15,7 +15,7 @@
 //             sums of deviations (the chunk stays in cache for its second pass); chunk moments are
 //             merged per (n, g) in chunk order; then y row by row with per-channel mean/scale/shift
 //             vectors. Samples are the work items when there are enough of them, otherwise the
-//             samples are done one by one with their chunks spread over the threads.
+//             chunks of rows of all samples are spread over the threads, pass by pass.
 //   backward: per chunk, per-channel partial ds/db into a small buffer, summed in chunk order;
 //             coefficients per group; dx row by row. Same two parallel schemes as the forward.
 // When there are too few work items for the threads, the same blocks/chunks are spread over the
@@ -606,8 +606,8 @@ void channel_params(const GroupNormProblem& p, int64_t n, const T* mean, const T
 }
 
 // True when whole samples keep every thread busy: then one task does all of a sample (its second
-// pass reads it from cache). Otherwise samples are done one after the other, each spread over the
-// threads by chunks of rows. Both compute bitwise the same numbers.
+// pass reads it from cache). Otherwise the chunks of rows of all samples are spread over the
+// threads, pass by pass. Both compute bitwise the same numbers.
 inline bool enough_samples(int64_t N) { return N >= 4 * int64_t(at::get_num_threads()); }
 
 template <typename scalar_t, bool RELU>
