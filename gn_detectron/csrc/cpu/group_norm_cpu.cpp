@@ -239,7 +239,7 @@ void backward_nchw(const GroupNormProblem& p, const scalar_t* dY, const scalar_t
   // (ds, db) partial sums of n elements of one channel row; short rows (H*W small) skip the SIMD
   // set-up. Every path below sums a given row with this same function.
   auto row_sums = [](const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& s, T& d) {
-    if (n >= 4 * Vec<T>::W) return reduce_bwd<T, RELU>(dy, x, n, mu, sc, b, s, d);
+    if (n >= 2 * Vec<T>::W) return reduce_bwd<T, RELU>(dy, x, n, mu, sc, b, s, d);
     T ts = 0, tb = 0;
     for (int64_t k = 0; k < n; ++k) {
       const T xc = x[k] - mu;

@@ -109,6 +109,7 @@ inline T reduce_sum(const T* x, int64_t n) {
     a2 += loadu(x + i + 2 * W);
     a3 += loadu(x + i + 3 * W);
   }
+  for (; i + W <= n; i += W) a0 += loadu(x + i);
   T t = 0;
   for (; i < n; ++i) t += x[i];
   return hsum<T>((a0 + a1) + (a2 + a3)) + t;
@@ -135,6 +136,11 @@ inline void reduce_dev(const T* x, int64_t n, T mu, T& d, T& q) {
     q1 = fmadd(v1, v1, q1);
     q2 = fmadd(v2, v2, q2);
     q3 = fmadd(v3, v3, q3);
+  }
+  for (; i + W <= n; i += W) {
+    const VT v0 = loadu(x + i) - m;
+    d0 += v0;
+    q0 = fmadd(v0, v0, q0);
   }
   T td = 0, tq = 0;
   for (; i < n; ++i) {
@@ -181,6 +187,13 @@ inline void reduce_bwd(const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& d
     b1 += g1;
     b2 += g2;
     b3 += g3;
+  }
+  for (; i + W <= n; i += W) {
+    const VT x0 = loadu(x + i) - m;
+    VT g0 = loadu(dy + i);
+    if constexpr (RELU) g0 = (fmadd(x0, s, bb) > zero) ? g0 : zero;
+    s0 = fmadd(g0, x0, s0);
+    b0 += g0;
   }
   T ts = 0, tb = 0;
   for (; i < n; ++i) {
