@@ -156,6 +156,35 @@ def test_half_precision(device, dtype, tol, memory_format, param_dtype):
     assert rel_error(bs.grad, db_ref) < 4 * tol
 
 
+@pytest.mark.parametrize("dtype,tiny", [(torch.float16, 2.0 ** -25), (torch.bfloat16, 2.0 ** -134)],
+                         ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", [(2, 4, 3, 5), (3, 4, 7, 7)], ids=["3x5", "7x7"])
+def test_fused_relu_gradient_follows_stored_output(device, dtype, tiny, memory_format, shape):
+    """The fused ReLU passes the gradient exactly where the stored (rounded) output is positive,
+    as torch.relu's backward does: a pre-activation below half the dtype's smallest subnormal is
+    stored as 0 and passes nothing, one just above it is stored positive and passes dy. With
+    gamma = 0 every pre-activation equals its channel's beta exactly."""
+    x = torch.randn(shape, device=device).to(dtype).to(memory_format=memory_format)
+    C = shape[1]
+    w = torch.zeros(C, device=device)
+    # below the rounding-to-zero bound, exactly on it (ties to even: 0), just above it, ordinary
+    b = torch.tensor([tiny / 2, tiny, tiny * 1.5, 1.0], device=device)
+    xs, ws, bs = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
+    y = group_norm(xs, 2, ws, bs, activation="relu")
+    stored_positive = y > 0
+    assert stored_positive[:, 0].logical_not().all() and stored_positive[:, 1].logical_not().all()
+    assert stored_positive[:, 2].all() and stored_positive[:, 3].all()
+    dy = torch.randn(shape, device=device).to(dtype)
+    y.backward(dy)
+    mask = stored_positive.double()
+    dims = [0] + list(range(2, len(shape)))
+    torch.testing.assert_close(bs.grad.double(), (dy.double() * mask).sum(dims), rtol=1e-5, atol=1e-5)
+    xhat = group_norm_reference(x, 2)
+    torch.testing.assert_close(ws.grad.double(), (dy.double() * mask * xhat).sum(dims), rtol=1e-4, atol=1e-4)
+    assert (xs.grad == 0).all()  # gamma = 0: no path from x to the output
+
+
 def test_large_mean_accuracy(device):
     """mean 1e4, std 1: normalised at least as accurately as PyTorch does it, up to the float32
     rounding of the mean itself (half an ulp of 1e4 = 4.9e-4, times rstd = 1), which bounds any

@@ -7,9 +7,9 @@
 //             backwards so the ones read last come from cache, y = (x - mean)*scale_c + beta_c
 //             (+relu) with scale_c = rstd*gamma_c.
 //   backward: per channel row ds = sum g*(x - mean) (centred, so no cancellation for large means)
-//             and db = sum g, g = dy masked where z <= 0 for relu; per group the coefficients of
-//             dx = scale_c*g + bx*(x - mean) + c1; then dx, blocks backwards again. Work items are
-//             (block of samples, group).
+//             and db = sum g, g = dy masked for relu where the stored output is 0 (see
+//             relu_threshold); per group the coefficients of dx = scale_c*g + bx*(x - mean) + c1;
+//             then dx, blocks backwards again. Work items are (block of samples, group).
 // channels_last, x is (N, HxW, C): rows of C contiguous channels, handled natively.
 //   forward : per chunk of rows of a sample: per-channel sums, per-group chunk means, per-channel
 //             sums of deviations (the chunk stays in cache for its second pass); chunk moments are
@@ -238,13 +238,15 @@ void backward_nchw(const GroupNormProblem& p, const scalar_t* dY, const scalar_t
 
   // (ds, db) partial sums of n elements of one channel row; short rows (H*W small) skip the SIMD
   // set-up. Every path below sums a given row with this same function.
+  constexpr T thr = relu_threshold<scalar_t>();
   auto row_sums = [](const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& s, T& d) {
-    if (n >= 2 * Vec<T>::W) return reduce_bwd<T, RELU>(dy, x, n, mu, sc, b, s, d);
+    constexpr T thr = relu_threshold<scalar_t>();
+    if (n >= 2 * Vec<T>::W) return reduce_bwd<T, RELU>(dy, x, n, mu, sc, b, thr, s, d);
     T ts = 0, tb = 0;
     for (int64_t k = 0; k < n; ++k) {
       const T xc = x[k] - mu;
       T g = dy[k];
-      if constexpr (RELU) g = (fmadd(xc, sc, b) > T(0)) ? g : T(0);
+      if constexpr (RELU) g = (fmadd(xc, sc, b) > thr) ? g : T(0);
       ts = fmadd(g, xc, ts);
       tb += g;
     }
@@ -302,7 +304,7 @@ void backward_nchw(const GroupNormProblem& p, const scalar_t* dY, const scalar_t
     for (int64_t f = off, j = off / HW; f < off + len; ++j) {
       const int64_t e = std::min(off + len, (j + 1) * HW), c = g * D + j;
       dx_row<T, RELU>(gb + (f - off), xb + (f - off), ob + (f - off), e - f, mu,
-                      rs * affine_or(gamma, c, T(1)), affine_or(beta, c, T(0)), bx, c1);
+                      rs * affine_or(gamma, c, T(1)), affine_or(beta, c, T(0)), thr, bx, c1);
       f = e;
     }
     if constexpr (kConv) store_block<scalar_t, T>(dX + at, ob, len);
@@ -499,13 +501,15 @@ inline void apply_cl_rows(const T* x, T* y, int64_t rows, int64_t C, const T* mu
 }
 
 // ds[c] += sum_r g*(x[r, c] - mu[c]), db[c] += sum_r g over `rows` rows (row order), g = dy or,
-// with RELU, dy where (x - mu)*sc + b > 0. Blocks of channels are kept in registers.
+// with RELU, dy where (x - mu)*sc + b > thr (see relu_threshold). Blocks of channels are kept in
+// registers.
 template <typename T, bool RELU>
 inline void bwd_cl_rows(const T* dy, const T* x, int64_t rows, int64_t C, const T* mu,
-                        const T* sc, const T* b, T* ds, T* db) {
+                        const T* sc, const T* b, T thr, T* ds, T* db) {
   using VT = V<T>;
   constexpr int64_t W = Vec<T>::W;
   const VT zero{};
+  const VT lo = splat<T>(thr);
   int64_t c = 0;
   for (; c + 2 * W <= C; c += 2 * W) {
     const VT m0 = loadu(mu + c), m1 = loadu(mu + c + W);
@@ -516,8 +520,8 @@ inline void bwd_cl_rows(const T* dy, const T* x, int64_t rows, int64_t C, const 
       const VT x0 = loadu(x + r * C + c) - m0, x1 = loadu(x + r * C + c + W) - m1;
       VT g0 = loadu(dy + r * C + c), g1 = loadu(dy + r * C + c + W);
       if constexpr (RELU) {
-        g0 = (fmadd(x0, s0, b0) > zero) ? g0 : zero;
-        g1 = (fmadd(x1, s1, b1) > zero) ? g1 : zero;
+        g0 = (fmadd(x0, s0, b0) > lo) ? g0 : zero;
+        g1 = (fmadd(x1, s1, b1) > lo) ? g1 : zero;
       }
       p0 = fmadd(g0, x0, p0);
       p1 = fmadd(g1, x1, p1);
@@ -535,7 +539,7 @@ inline void bwd_cl_rows(const T* dy, const T* x, int64_t rows, int64_t C, const 
     for (int64_t r = 0; r < rows; ++r) {
       const VT x0 = loadu(x + r * C + c) - m0;
       VT g0 = loadu(dy + r * C + c);
-      if constexpr (RELU) g0 = (fmadd(x0, s0, b0) > zero) ? g0 : zero;
+      if constexpr (RELU) g0 = (fmadd(x0, s0, b0) > lo) ? g0 : zero;
       p0 = fmadd(g0, x0, p0);
       q0 += g0;
     }
@@ -547,7 +551,7 @@ inline void bwd_cl_rows(const T* dy, const T* x, int64_t rows, int64_t C, const 
     for (int64_t r = 0; r < rows; ++r) {
       const T xc = x[r * C + c] - mu[c];
       T g = dy[r * C + c];
-      if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > T(0)) ? g : T(0);
+      if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > thr) ? g : T(0);
       p0 = fmadd(g, xc, p0);
       q0 += g;
     }
@@ -560,10 +564,11 @@ inline void bwd_cl_rows(const T* dy, const T* x, int64_t rows, int64_t C, const 
 // the stores are streaming ones: dx and the row pitch must then be 32-byte aligned.
 template <typename T, bool RELU, bool NT>
 inline void dx_cl_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, const T* mu,
-                       const T* sc, const T* b, const T* bx, const T* c1) {
+                       const T* sc, const T* b, T thr, const T* bx, const T* c1) {
   using VT = V<T>;
   constexpr int64_t W = Vec<T>::W;
   const VT zero{};
+  const VT lo = splat<T>(thr);
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
     const T* gr = dy + r * C;
@@ -573,7 +578,7 @@ inline void dx_cl_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, 
       const VT xc = loadu(xr + c) - loadu(mu + c);
       const VT s = loadu(sc + c);
       VT g = loadu(gr + c);
-      if constexpr (RELU) g = (fmadd(xc, s, loadu(b + c)) > zero) ? g : zero;
+      if constexpr (RELU) g = (fmadd(xc, s, loadu(b + c)) > lo) ? g : zero;
       const VT z = fmadd(s, g, fmadd(loadu(bx + c), xc, loadu(c1 + c)));
 #if GN_CPU_HAVE_STREAM
       if constexpr (NT) {
@@ -586,7 +591,7 @@ inline void dx_cl_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, 
     for (; c < C; ++c) {
       const T xc = xr[c] - mu[c];
       T g = gr[c];
-      if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > T(0)) ? g : T(0);
+      if constexpr (RELU) g = (fmadd(xc, sc[c], b[c]) > thr) ? g : T(0);
       dr[c] = fmadd(sc[c], g, fmadd(bx[c], xc, c1[c]));
     }
   }
@@ -743,6 +748,7 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
   const int64_t Rc = std::max<int64_t>(1, kConvElems / C);  // rows per conversion / dx chunk
   const bool stream = dX && use_stream<scalar_t>(p, dX);
   const bool affine = dgamma || dbeta;
+  constexpr T thr = relu_threshold<scalar_t>();
   const SampleBlocks sb(N);
   std::vector<double> PG(affine ? sb.count * C : 0), PB(affine ? sb.count * C : 0);
 
@@ -756,7 +762,7 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
       const int64_t off = (n * HW + r0 + rb) * C;
       const T* xb = load_block<scalar_t, T>(X + off, xbuf, nr * C);
       const T* gb = load_block<scalar_t, T>(dY + off, gbuf, nr * C);
-      bwd_cl_rows<T, RELU>(gb, xb, nr, C, prm, prm + C, prm + 2 * C, ps, pb);
+      bwd_cl_rows<T, RELU>(gb, xb, nr, C, prm, prm + C, prm + 2 * C, thr, ps, pb);
     }
   };
   // ds/db (C each) of one sample: the chunk partials summed in chunk order, channels [c0, c1).
@@ -802,11 +808,11 @@ void backward_cl(const GroupNormProblem& p, const scalar_t* dY, const scalar_t* 
       const T* gb = load_block<scalar_t, T>(dY + off, gbuf, rows * C);
       if (direct_stream) {
         dx_cl_rows<T, RELU, true>(gb, xb, reinterpret_cast<T*>(dX + off), rows, C, prm, prm + C,
-                                  prm + 2 * C, prm + 3 * C, prm + 4 * C);
+                                  prm + 2 * C, thr, prm + 3 * C, prm + 4 * C);
       } else {
         T* ob = stream ? obuf : out_block<scalar_t, T>(dX + off, obuf);
-        dx_cl_rows<T, RELU, false>(gb, xb, ob, rows, C, prm, prm + C, prm + 2 * C, prm + 3 * C,
-                                   prm + 4 * C);
+        dx_cl_rows<T, RELU, false>(gb, xb, ob, rows, C, prm, prm + C, prm + 2 * C, thr,
+                                   prm + 3 * C, prm + 4 * C);
         if constexpr (kConv) store_block<scalar_t, T>(dX + off, ob, rows * C);
         else if (stream) stream_copy(dX + off, ob, rows * C);
       }

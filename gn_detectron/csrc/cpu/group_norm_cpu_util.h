@@ -4,6 +4,7 @@
 // arguments only (never on threads, scheduling or pointer alignment).
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -152,16 +153,28 @@ inline void reduce_dev(const T* x, int64_t n, T mu, T& d, T& q) {
   q = hsum<T>((q0 + q1) + (q2 + q3)) + tq;
 }
 
+// The fused ReLU's backward passes dy where the stored output is positive, as torch.relu's
+// backward does. The output is z = (x - mu)*sc + b computed in T and rounded to scalar_t, so it is
+// positive exactly where z > relu_threshold<scalar_t>(): 0 for float and double; for the 16-bit
+// types the largest z that rounds (to nearest even) to zero, half the smallest subnormal.
+template <typename scalar_t>
+constexpr at::opmath_type<scalar_t> relu_threshold() {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) return 0x1p-25f;
+  else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return 0x1p-134f;
+  else return at::opmath_type<scalar_t>(0);
+}
+
 // Backward sums of one channel row: ds = sum g*(x - mu), db = sum g, with
-// g = dy, or with RELU g = dy where z = (x - mu)*sc + b > 0 and 0 elsewhere.
+// g = dy, or with RELU g = dy where z = (x - mu)*sc + b > thr and 0 elsewhere (see relu_threshold).
 template <typename T, bool RELU>
-inline void reduce_bwd(const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& ds, T& db) {
+inline void reduce_bwd(const T* dy, const T* x, int64_t n, T mu, T sc, T b, T thr, T& ds, T& db) {
   using VT = V<T>;
   constexpr int64_t W = Vec<T>::W;
   const VT m = splat<T>(mu);
   const VT s = splat<T>(sc);
   const VT bb = splat<T>(b);
   const VT zero{};
+  const VT lo = splat<T>(thr);
   VT s0{}, s1{}, s2{}, s3{}, b0{}, b1{}, b2{}, b3{};
   int64_t i = 0;
   for (; i + 4 * W <= n; i += 4 * W) {
@@ -174,10 +187,10 @@ inline void reduce_bwd(const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& d
     VT g2 = loadu(dy + i + 2 * W);
     VT g3 = loadu(dy + i + 3 * W);
     if constexpr (RELU) {
-      g0 = (fmadd(x0, s, bb) > zero) ? g0 : zero;
-      g1 = (fmadd(x1, s, bb) > zero) ? g1 : zero;
-      g2 = (fmadd(x2, s, bb) > zero) ? g2 : zero;
-      g3 = (fmadd(x3, s, bb) > zero) ? g3 : zero;
+      g0 = (fmadd(x0, s, bb) > lo) ? g0 : zero;
+      g1 = (fmadd(x1, s, bb) > lo) ? g1 : zero;
+      g2 = (fmadd(x2, s, bb) > lo) ? g2 : zero;
+      g3 = (fmadd(x3, s, bb) > lo) ? g3 : zero;
     }
     s0 = fmadd(g0, x0, s0);
     s1 = fmadd(g1, x1, s1);
@@ -191,7 +204,7 @@ inline void reduce_bwd(const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& d
   for (; i + W <= n; i += W) {
     const VT x0 = loadu(x + i) - m;
     VT g0 = loadu(dy + i);
-    if constexpr (RELU) g0 = (fmadd(x0, s, bb) > zero) ? g0 : zero;
+    if constexpr (RELU) g0 = (fmadd(x0, s, bb) > lo) ? g0 : zero;
     s0 = fmadd(g0, x0, s0);
     b0 += g0;
   }
@@ -199,7 +212,7 @@ inline void reduce_bwd(const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& d
   for (; i < n; ++i) {
     const T xc = x[i] - mu;
     T g = dy[i];
-    if constexpr (RELU) g = (fmadd(xc, sc, b) > T(0)) ? g : T(0);
+    if constexpr (RELU) g = (fmadd(xc, sc, b) > thr) ? g : T(0);
     ts = fmadd(g, xc, ts);
     tb += g;
   }
@@ -220,11 +233,11 @@ inline void apply_row(const T* __restrict x, T* __restrict y, int64_t n, T mu, T
 // dx = sc*g + bx*(x - mu) + c1, g as in reduce_bwd.
 template <typename T, bool RELU>
 inline void dx_row(const T* __restrict dy, const T* __restrict x, T* __restrict dx, int64_t n,
-                   T mu, T sc, T b, T bx, T c1) {
+                   T mu, T sc, T b, T thr, T bx, T c1) {
   for (int64_t i = 0; i < n; ++i) {
     const T xc = x[i] - mu;
     T g = dy[i];
-    if constexpr (RELU) g = (fmadd(xc, sc, b) > T(0)) ? g : T(0);
+    if constexpr (RELU) g = (fmadd(xc, sc, b) > thr) ? g : T(0);
     dx[i] = fmadd(sc, g, fmadd(bx, xc, c1));
   }
 }
