@@ -903,6 +903,7 @@ void group_norm_forward_cpu(const GroupNormProblem& p, const at::Tensor& x, cons
         using T = at::opmath_type<scalar_t>;
         const scalar_t* X = x.const_data_ptr<scalar_t>();
         scalar_t* Y = y.data_ptr<scalar_t>();
+        advise_huge_pages(Y, int64_t(y.nbytes()));
         const T* g = opt_ptr<T>(gamma);
         const T* b = opt_ptr<T>(beta);
         T* mu = mean.data_ptr<T>();
@@ -928,6 +929,7 @@ void group_norm_backward_cpu(const GroupNormProblem& p, const at::Tensor& dy, co
         const scalar_t* dY = dy.const_data_ptr<scalar_t>();
         const scalar_t* X = x.const_data_ptr<scalar_t>();
         scalar_t* dX = opt_mut_ptr<scalar_t>(dx);
+        if (dX) advise_huge_pages(dX, int64_t(dx.nbytes()));
         const T* mu = mean.const_data_ptr<T>();
         const T* rs = rstd.const_data_ptr<T>();
         const T* g = opt_ptr<T>(gamma);

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -279,6 +280,35 @@ inline bool pages_resident(const void* p, int64_t bytes) {
   (void)p;
   (void)bytes;
   return false;
+#endif
+}
+
+// Transparent huge pages for an output about to be written for the first time (Linux, THP mode
+// "madvise" or "always"). A freshly mapped output otherwise takes one page fault per 4 KiB page on
+// first touch, which for outputs of tens of MiB costs several times the kernel itself (a fresh
+// 137 MB output: about 70 ms of faults against 8 ms of writing, on the development machine). Only
+// outputs of 32 MiB or more are advised: glibc maps every allocation that large afresh and unmaps
+// it when freed, so the advice never outlives the tensor, whereas smaller blocks come from a heap
+// whose memory is mostly reused (already faulted in), and advising it would leave huge pages
+// behind in memory other tensors reuse (higher resident memory, measured). Only the 2 MiB-aligned
+// interior of the output is advised, so no memory is added; it is a hint: its errors are ignored
+// and no value depends on it. GN_DETECTRON_CPU_HUGEPAGES=0 turns it off.
+constexpr int64_t kHugeAdviseBytes = int64_t(32) << 20;
+
+inline void advise_huge_pages(void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool enabled = [] {
+    const char* e = std::getenv("GN_DETECTRON_CPU_HUGEPAGES");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (!enabled || p == nullptr || bytes < kHugeAdviseBytes) return;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
 #endif
 }
 
