@@ -453,3 +453,46 @@ def test_fallback_without_extension_warns_once(tmp_path):
     lines = out.stdout.split()
     assert lines[-1] == "aten"
     assert lines[-2] == "2"  # the load warning and the fallback warning, each once
+
+
+def test_large_cpu_outputs_same_with_and_without_huge_pages(tmp_path):
+    """Outputs of 32 MiB or more get the transparent-huge-page advice on Linux; it is a hint
+    about memory only: forward and backward are accurate and bitwise the same as in a process
+    where it is turned off (GN_DETECTRON_CPU_HUGEPAGES=0)."""
+    import os
+    import subprocess
+    import sys
+
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 64, 256, 260)  # 34.1 MB of float32
+    x = torch.randn(shape, generator=g) * 2 + 1
+    w, b = torch.rand(64, generator=g) + 0.5, torch.randn(64, generator=g)
+    dy = torch.randn(shape, generator=g)
+    torch.save({"x": x, "w": w, "b": b, "dy": dy}, tmp_path / "inputs.pt")
+
+    def run(x, w, b, dy):
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = group_norm(xs, 32, ws, bs, activation="relu")
+        y.backward(dy)
+        return y.detach(), xs.grad, ws.grad, bs.grad
+
+    ours = run(x, w, b, dy)
+    assert rel_error(ours[0], group_norm_reference(x, 32, w, b, relu=True)) < 1e-5
+
+    code = (
+        "import torch\n"
+        "from gn_detectron.ops import group_norm\n"
+        "d = torch.load('inputs.pt')\n"
+        "xs, ws, bs = (d[k].clone().requires_grad_() for k in ('x', 'w', 'b'))\n"
+        "y = group_norm(xs, 32, ws, bs, activation='relu')\n"
+        "y.backward(d['dy'])\n"
+        "torch.save([y.detach(), xs.grad, ws.grad, bs.grad], 'outputs.pt')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "GN_DETECTRON_CPU_HUGEPAGES": "0",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr
+    theirs = torch.load(tmp_path / "outputs.pt")
+    for a, c in zip(ours, theirs):
+        assert torch.equal(a, c)

@@ -14,7 +14,8 @@ Variants (each built from the same config and the same seed):
               overflows in its first step, which says nothing about its speed
 with AMP off and (on a GPU) on. Reports per variant the median training-step time, images/s,
 peak memory (CUDA peak allocated on a GPU; peak resident memory on the CPU) and the inference
-time per image, then the ratios to `native`; writes JSON with --json.
+time per image, then the ratios to `native` and each step time relative to `frozen_bn`; writes
+JSON with --json.
 
     python tools/benchmark_train.py                          # GPU: R50-FPN at 800x1333
     python tools/benchmark_train.py --device cpu --iters 5   # CPU: the shapes config, small images

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-shot check on a GPU machine: build the extension there (against that machine's torch),
 # run the CUDA tests under each kernel path, run small cases under compute-sanitizer (memcheck,
-# racecheck), and run the operator benchmark on the detection shapes. Logs and JSON go to $OUT
-# (default ./output/gpu_check); a short table is printed last.
+# racecheck), run the operator benchmark on the detection shapes, and, when detectron2's wheels
+# are carried in .whl/, the end-to-end training benchmark (native / fast / fast_fused / frozen BN,
+# AMP off and on). Logs and JSON go to $OUT (default ./output/gpu_check).
 #   usage: bash tools/gpu_check.sh [--quick]      (about 6-8 minutes on an H100/H200)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,5 +59,11 @@ step "host overhead per call"
 step "benchmark"
 timeout 300 "$PY" tools/benchmark_gn.py --device cuda --json "$OUT/benchmark_gn.json" > "$OUT/benchmark.log" 2>&1 || status=1
 cat "$OUT/benchmark.log"
+if ls .whl/sal_detectron2-*.whl > /dev/null 2>&1; then
+  # detectron2 is not on the GPU machine: its wheels travel in .whl/ (run with carry [".whl"]).
+  step "end-to-end training benchmark (tools/gpu_train_benchmark.sh)"
+  OUT="$OUT/train" timeout 420 bash tools/gpu_train_benchmark.sh > "$OUT/train_benchmark.log" 2>&1 || status=1
+  tail -22 "$OUT/train_benchmark.log"
+fi
 step "done: status $status"
 exit $status
