@@ -284,6 +284,20 @@ def peak_memory_in_child(args, name, amp):
     return float(run.stdout.strip().splitlines()[-1])
 
 
+def against(rows, ref_name):
+    """(reference row, row) for every row of another variant with the same AMP mode as a row of
+    variant ``ref_name``."""
+    for ref in (r for r in rows if r["variant"] == ref_name):
+        for r in rows:
+            if r["amp"] == ref["amp"] and r["variant"] != ref_name:
+                yield ref, r
+
+
+def paired_ratio(numerator_steps, denominator_steps):
+    """The ratio of the steps taken in the same round, median over the rounds."""
+    return statistics.median(a / b for a, b in zip(numerator_steps, denominator_steps))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -344,42 +358,28 @@ def main(argv=None):
             print(f"  {name:>10} amp={'on ' if amp else 'off'}: step {r['step_s'] * 1e3:8.1f} ms  "
                   f"{r['images_per_s']:6.2f} img/s  peak {r['peak_mb']:8.0f} MB  "
                   f"inference {r['infer_s_per_image'] * 1e3:7.1f} ms/img", flush=True)
+    amp_label = {False: "off", True: "on "}
     if "native" in args.variants and len(args.variants) > 1:
         print("\nratios to native (step time: >1 = faster than native; memory: <1 = less)")
-    for amp in amp_modes:
-        base = next((r for r in rows if r["variant"] == "native" and r["amp"] == amp), None)
-        if base is None:
-            continue
-        for r in rows:
-            if r["amp"] != amp or r["variant"] == "native":
-                continue
-            r["speedup_vs_native"] = base["step_s"] / r["step_s"]
-            r["memory_vs_native"] = r["peak_mb"] / base["peak_mb"]
-            paired = ""
-            if schedule == "interleaved":
-                # The ratio of the steps taken in the same round, median over the rounds.
-                r["paired_speedup_vs_native"] = statistics.median(
-                    b / t for b, t in zip(base["steps"], r["steps"]))
-                paired = f" (paired per round {r['paired_speedup_vs_native']:5.3f}x)"
-            print(f"  {r['variant']:>10} amp={'on ' if amp else 'off'}: speed {r['speedup_vs_native']:5.3f}x{paired}   "
-                  f"peak memory {r['memory_vs_native']:5.3f}x   "
-                  f"inference {base['infer_s_per_image'] / r['infer_s_per_image']:5.3f}x")
+    for base, r in against(rows, "native"):
+        r["speedup_vs_native"] = base["step_s"] / r["step_s"]
+        r["memory_vs_native"] = r["peak_mb"] / base["peak_mb"]
+        paired = ""
+        if schedule == "interleaved":
+            r["paired_speedup_vs_native"] = paired_ratio(base["steps"], r["steps"])
+            paired = f" (paired per round {r['paired_speedup_vs_native']:5.3f}x)"
+        print(f"  {r['variant']:>10} amp={amp_label[r['amp']]}: speed {r['speedup_vs_native']:5.3f}x{paired}   "
+              f"peak memory {r['memory_vs_native']:5.3f}x   "
+              f"inference {base['infer_s_per_image'] / r['infer_s_per_image']:5.3f}x")
     if "frozen_bn" in args.variants and len(args.variants) > 1:
         print("\nstep time relative to frozen BN (1.00 = as fast as frozen BN; 1.05 = 5% slower)")
-    for amp in amp_modes:
-        ref = next((r for r in rows if r["variant"] == "frozen_bn" and r["amp"] == amp), None)
-        if ref is None:
-            continue
-        for r in rows:
-            if r["amp"] != amp or r["variant"] == "frozen_bn":
-                continue
-            r["step_vs_frozen_bn"] = r["step_s"] / ref["step_s"]
-            paired = ""
-            if schedule == "interleaved":
-                r["paired_step_vs_frozen_bn"] = statistics.median(
-                    t / f for f, t in zip(ref["steps"], r["steps"]))
-                paired = f" (paired per round {r['paired_step_vs_frozen_bn']:5.3f})"
-            print(f"  {r['variant']:>10} amp={'on ' if amp else 'off'}: {r['step_vs_frozen_bn']:5.3f}{paired}")
+    for ref, r in against(rows, "frozen_bn"):
+        r["step_vs_frozen_bn"] = r["step_s"] / ref["step_s"]
+        paired = ""
+        if schedule == "interleaved":
+            r["paired_step_vs_frozen_bn"] = paired_ratio(r["steps"], ref["steps"])
+            paired = f" (paired per round {r['paired_step_vs_frozen_bn']:5.3f})"
+        print(f"  {r['variant']:>10} amp={amp_label[r['amp']]}: {r['step_vs_frozen_bn']:5.3f}{paired}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

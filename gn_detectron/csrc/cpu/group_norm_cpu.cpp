@@ -240,7 +240,6 @@ void backward_nchw(const GroupNormProblem& p, const scalar_t* dY, const scalar_t
   // set-up. Every path below sums a given row with this same function.
   constexpr T thr = relu_threshold<scalar_t>();
   auto row_sums = [](const T* dy, const T* x, int64_t n, T mu, T sc, T b, T& s, T& d) {
-    constexpr T thr = relu_threshold<scalar_t>();
     if (n >= 2 * Vec<T>::W) return reduce_bwd<T, RELU>(dy, x, n, mu, sc, b, thr, s, d);
     T ts = 0, tb = 0;
     for (int64_t k = 0; k < n; ++k) {
