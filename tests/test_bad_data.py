@@ -115,3 +115,26 @@ def test_nothing_usable_left(tmp_path, registered):
     name = registered("empty_left_test", path, tmp_path / "img")
     with pytest.raises(DatasetError, match="no usable image left"):
         load_checked_dataset_dicts([name], num_classes=2)
+
+
+def test_box_modes(tmp_path, caplog):
+    """Boxes are checked in their own BoxMode: an XYXY box with x1 < x0 is degenerate, a valid
+    XYXY box is kept, and a relative or unknown mode is skipped with its value named."""
+    from detectron2.structures import BoxMode
+
+    from gn_detectron.data.sanitize import sanitize_dataset_dicts
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    anns = [
+        {"bbox": [1, 1, 5, 6], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},  # kept
+        {"bbox": [5, 1, 1, 6], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},  # x1 < x0
+        {"bbox": [0.1, 0.1, 0.5, 0.5], "bbox_mode": BoxMode.XYWH_REL, "category_id": 0},
+        {"bbox": [1, 1, 2, 2], "bbox_mode": 9, "category_id": 0},
+    ]
+    with caplog.at_level(logging.WARNING):
+        kept = sanitize_dataset_dicts([{"file_name": str(image), "annotations": anns}], 1, "boxes")
+    assert kept[0]["annotations"] == anns[:1]
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "3 annotations" in msg and "degenerate box" in msg
+    assert "bbox_mode 9" in msg and f"bbox_mode {BoxMode.XYWH_REL!r}" in msg

@@ -24,9 +24,13 @@ def _box_problem(ann) -> str:
         return "box missing or not 4 numbers"
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
         return "box not finite"
-    x0, y0, a, b = bbox
-    mode = int(ann.get("bbox_mode", 1))
-    w, h = (a, b) if mode == 1 else (a - x0, b - y0)  # BoxMode.XYWH_ABS == 1, XYXY_ABS == 0
+    from detectron2.structures import BoxMode
+
+    try:
+        mode = BoxMode(ann.get("bbox_mode", BoxMode.XYWH_ABS))
+        _, _, w, h = BoxMode.convert(list(bbox), mode, BoxMode.XYWH_ABS)
+    except (ValueError, AssertionError):  # not a BoxMode, or a relative one detectron2 cannot train on
+        return f"bbox_mode {ann.get('bbox_mode')!r} not an absolute XYXY/XYWH BoxMode"
     if w <= 0 or h <= 0:
         return "degenerate box (zero or negative size)"
     return ""
