@@ -286,7 +286,7 @@ inline bool pages_resident(const void* p, int64_t bytes) {
 // Transparent huge pages for an output about to be written for the first time (Linux, THP mode
 // "madvise" or "always"). A freshly mapped output otherwise takes one page fault per 4 KiB page on
 // first touch, which for outputs of tens of MiB costs several times the kernel itself (a fresh
-// 137 MB output: about 70 ms of faults against 8 ms of writing, on the development machine). Only
+// 137 MB output: about 64 ms of faults against 8 ms of writing, on the development machine). Only
 // outputs of 32 MiB or more are advised: glibc maps every allocation that large afresh and unmaps
 // it when freed, so the advice never outlives the tensor, whereas smaller blocks come from a heap
 // whose memory is mostly reused (already faulted in), and advising it would leave huge pages
