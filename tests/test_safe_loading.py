@@ -35,6 +35,54 @@ def test_code_in_a_weights_file_is_refused(tmp_path, ext):
     assert not marker.exists()
 
 
+class _SystemCall:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+class _Opaque:
+    """An arbitrary class: building it would import and run code of the file's choosing."""
+
+
+@pytest.mark.parametrize("payload,global_name", [
+    (lambda marker: _Payload(marker), "open"),            # builtins: "Unsupported global"
+    (lambda marker: _SystemCall(), "system"),              # blocked module: "unsupported GLOBAL"
+    (lambda marker: _Opaque(), "_Opaque"),                 # a class of its own
+], ids=["builtins.open", "os.system", "class"])
+def test_malicious_zip_pth_names_the_global_and_never_advises_weights_only_false(tmp_path, payload, global_name):
+    """A zip-format .pth whose pickle calls code: refused by the weights-only unpickler, and the
+    error says that the file tries to run code, names the global, does not call the file
+    'truncated or corrupt', and carries no advice to retry with weights_only=False (not even in
+    the exception chain)."""
+    import zipfile
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "meta": payload(str(marker))}, path)
+    assert zipfile.is_zipfile(path)
+    # the payload reaches torch's weights-only refusal (not some earlier check of ours)
+    with pytest.raises(pickle.UnpicklingError, match="(?i)global|reduce|allowlisted"):
+        torch.load(path, weights_only=True)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_weights_file(str(path))
+    message = str(info.value)
+    assert "evil.pth" in message and "tries to run code" in message and global_name in message
+    assert "corrupt" not in message
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    assert not any("weights_only=False" in text or "weights_only` argument" in text for text in chain)
+    assert not marker.exists()
+
+
+def test_directory_as_weights_file_is_named_as_such(tmp_path):
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match="is a directory") as info:
+        load_weights_file(str(tmp_path))
+    assert "model_final.pth" in str(info.value)
+
+
 def test_plain_pickles_load(tmp_path):
     path = tmp_path / "R-50-GN.pkl"
     blobs = {"conv1_w": np.random.rand(4, 3).astype(np.float32), "conv1_gn_s": np.ones(4, np.float32),

@@ -10,11 +10,12 @@ A file that is truncated or is not a weights file gets an error naming the file 
 import io
 import os
 import pickle
+import re
 from typing import Any, Dict
 
 import torch
 
-__all__ = ["load_weights_file", "safe_pickle_load", "UnsafeCheckpointError", "CheckpointFileError"]
+__all__ = ["load_weights_file", "directory_message", "safe_pickle_load", "UnsafeCheckpointError", "CheckpointFileError"]
 
 
 class CheckpointFileError(ValueError):
@@ -74,13 +75,58 @@ def safe_pickle_load(filename: str) -> Any:
         raise CheckpointFileError(f"{filename}: not a readable weights pickle (truncated or corrupt?): {e}") from e
 
 
-def _first_line_with(text, word):
-    return next((line.strip() for line in text.splitlines() if word in line), text.splitlines()[0])
+# How torch's weights-only unpickler words a refusal, newest wording first: "Unsupported global:
+# GLOBAL x.y was not an allowed global", "Trying to load unsupported GLOBAL x.y whose module x is
+# blocked", "Trying to call reduce for unrecognized function f", "Can only create new object for
+# nn.Parameter or classes allowlisted ... but got <class c>".
+_REFUSAL_PATTERNS = (
+    re.compile(r"GLOBAL\s+(\S+?)\s+(?:was not|whose module)", re.IGNORECASE),
+    re.compile(r"reduce for unrecognized function\s+(.+?)(?:\s+which belongs|$)", re.IGNORECASE | re.MULTILINE),
+    re.compile(r"allowlisted via `add_safe_globals` but got\s+(.+?)$", re.IGNORECASE | re.MULTILINE),
+)
+
+
+def _refused_global(message: str):
+    """The global (module.name) that torch's weights-only unpickler refused, or None when
+    ``message`` is not such a refusal."""
+    for pattern in _REFUSAL_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1).strip()
+    return None
+
+
+def _unsafe_message(filename: str, name: str) -> str:
+    # torch's own message goes on to suggest weights_only=False: the one thing to avoid here.
+    return (f"{filename}: refused to load: the file tries to run code or build arbitrary objects when "
+            f"unpickled (it references {name}); a weights file holds only tensors, numbers, strings and "
+            "containers. Nothing from the file was executed. Use a checkpoint saved as a state_dict "
+            "(torch.save(model.state_dict(), ...)) or .safetensors from a source you trust.")
+
+
+def directory_message(path: str) -> str:
+    """What to say when a directory is given where a weights file is expected."""
+    try:
+        found = sorted(f for f in os.listdir(path) if f.endswith((".pth", ".pkl", ".safetensors")))
+    except OSError:
+        found = []
+    hint = (f"; it holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}: give one of them, e.g. "
+            f"{os.path.join(path, 'model_final.pth' if 'model_final.pth' in found else found[-1])}"
+            if found else "; give the path of a .pth, .pkl or .safetensors file")
+    return f"{path} is a directory, not a weights file{hint}"
+
+
+def _without_torch_advice(message: str) -> str:
+    """torch's weights-only error text without its advice to load with weights_only=False."""
+    lines = [line for line in message.splitlines() if "weights_only" not in line and line.strip()]
+    return " ".join(line.strip() for line in lines)[:500] or "unreadable"
 
 
 def load_weights_file(filename: str) -> Dict[str, Any]:
     """Reads a weights file by its extension, executing no code. Returns what the file holds (a
     dict for every supported format)."""
+    if os.path.isdir(filename):
+        raise IsADirectoryError(directory_message(filename))
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"{filename}: no such weights file")
     if filename.endswith(".pkl"):
@@ -97,14 +143,16 @@ def load_weights_file(filename: str) -> Dict[str, Any]:
         try:
             data = torch.load(filename, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            if "Unsupported global" in str(e) or "Unsupported class" in str(e):
-                raise UnsafeCheckpointError(
-                    f"{filename}: refused to load with weights_only=True: the file holds objects other "
-                    f"than tensors and plain containers ({_first_line_with(str(e), 'Unsupported')})") from e
-            raise CheckpointFileError(f"{filename}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+            name = _refused_global(str(e))
+            if name is not None:
+                raise UnsafeCheckpointError(_unsafe_message(filename, name)) from None
+            raise CheckpointFileError(
+                f"{filename}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                f"{_without_torch_advice(str(e))}") from None
         except Exception as e:  # the loader raises many types on damaged files
             raise CheckpointFileError(
-                f"{filename}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}") from e
+                f"{filename}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: "
+                f"{_without_torch_advice(str(e))}") from e
     if not isinstance(data, dict):
         raise CheckpointFileError(f"{filename}: expected a dict of weights, found {type(data).__name__}")
     return data
