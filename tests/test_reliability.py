@@ -68,6 +68,7 @@ def test_batch_not_divisible_by_processes_fails_before_training(env, tmp_path): 
     (["MODEL.GN.IMPL", "turbo"], "MODEL.GN.IMPL must be one of"),
     (["MODEL.GN.NUM_GROUPS", "48"], "MODEL.GN.NUM_GROUPS=48 does not divide the 64 channels"),
     (["MODEL.RESNETS.NORM", "GroupNormFast"], "unknown norm 'GroupNormFast'; registered norms:"),
+    (["MODEL.GN.EPS", "1e999"], "MODEL.GN.EPS must be a finite number >= 0 (the paper uses 1e-5), got inf"),
 ])
 def test_bad_gn_config_fails_before_training(env, tmp_path, opts, message):  # noqa: F811
     out = subprocess.run([sys.executable, TRAIN_NET, "--config-file", CONFIG] + TINY + opts + [
@@ -89,12 +90,54 @@ def test_nan_loss_stops_training_with_iteration_and_terms(env, tmp_path):  # noq
     assert not (tmp_path / "model_final.pth").exists()
 
 
-def test_evaluation_with_images_without_detections_completes(env, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def tiny_weights(env, tmp_path_factory):  # noqa: F811
+    """A checkpoint of the tiny model (its initial weights, saved as training would)."""
+    path = tmp_path_factory.mktemp("weights") / "model_tiny.pth"
+    code = f"""
+import sys, torch
+sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
+from gn_detectron.engine import GNTrainer, setup_cfg
+from train_net import parse_args
+cfg = setup_cfg(parse_args({["--config-file", CONFIG] + TINY + ["OUTPUT_DIR", str(path.parent / "out")]!r}))
+torch.save({{"model": GNTrainer.build_model(cfg).state_dict()}}, {str(path)!r})
+"""
+    run(["-c", code], env)
+    return path
+
+
+def test_evaluation_with_images_without_detections_completes(env, tmp_path, tiny_weights):  # noqa: F811
     """A model that detects nothing on some (here: all) images still gets a full evaluation."""
     run([TRAIN_NET, "--config-file", CONFIG, "--eval-only"] + TINY + [
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.01", "OUTPUT_DIR", str(tmp_path)], env)
+        "MODEL.WEIGHTS", str(tiny_weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.01",
+        "OUTPUT_DIR", str(tmp_path)], env)
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) >= {"bbox", "segm"}
+
+
+@pytest.mark.parametrize("weights,message", [
+    ("", "Nothing to evaluate: MODEL.WEIGHTS is empty"),
+    ("DIR", "is a directory, not a weights file"),
+    ("FOREIGN", "none of its"),
+], ids=["no_weights", "directory", "no_tensor_fits"])
+def test_eval_only_refuses_weights_that_did_not_load(env, tmp_path, tiny_weights, weights, message):  # noqa: F811
+    """--eval-only with nothing loaded exits non-zero with the reason, and writes no results."""
+    if weights == "DIR":
+        weights = str(tiny_weights.parent)
+    elif weights == "FOREIGN":
+        import torch
+
+        sd = torch.load(tiny_weights, weights_only=True)["model"]
+        torch.save({"model": {k: v.reshape(-1)[:1].clone() for k, v in sd.items() if v.numel() > 1}},
+                   tmp_path / "foreign.pth")
+        weights = str(tmp_path / "foreign.pth")
+    out = subprocess.run([sys.executable, TRAIN_NET, "--config-file", CONFIG, "--eval-only"] + TINY + [
+        "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "out")], capture_output=True, text=True,
+        cwd=ROOT, env=env, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert message in text.strip().splitlines()[-1], text[-2000:]
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 @pytest.mark.slow

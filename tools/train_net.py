@@ -31,7 +31,8 @@ def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = GNTrainer.build_model(cfg)
-        GNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # refuses a model whose weights did not load (nothing given, nothing fits, NaN weights)
+        GNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load_for_evaluation(cfg.MODEL.WEIGHTS, resume=args.resume)
         return GNTrainer.test(cfg, model)
     trainer = GNTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -7,7 +7,9 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint.checkpointer import remove_stale_temporaries
 from ..config import add_gn_config
+from .output_dir import lock_output_dir
 
 __all__ = ["setup_cfg"]
 
@@ -18,7 +20,9 @@ def setup_cfg(args, freeze=True):
     """Builds the config of ``args`` (``--config-file`` and trailing ``KEY VALUE`` opts) with
     ``MODEL.GN`` added, the built-in shapes datasets registered, and detectron2's
     ``default_setup`` (logging, output dir, seeds) applied. With no GPU present and
-    ``MODEL.DEVICE`` "cuda", the model runs on the CPU (logged)."""
+    ``MODEL.DEVICE`` "cuda", the model runs on the CPU (logged). The main process takes the
+    ``OUTPUT_DIR`` lock (:func:`lock_output_dir`: a second run on the same folder fails at once)
+    and removes temporary files that killed saves left there."""
     from ..data import register_shapes_datasets
 
     cfg = get_cfg()
@@ -31,8 +35,12 @@ def setup_cfg(args, freeze=True):
     if freeze:
         cfg.freeze()
     register_shapes_datasets()
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        lock_output_dir(cfg.OUTPUT_DIR)  # before anything is written there
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gn_detectron", abbrev_name="gn")
     if fell_back:
         logging.getLogger("detectron2").info("No GPU found: MODEL.DEVICE set to 'cpu'")
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        remove_stale_temporaries(cfg.OUTPUT_DIR, logging.getLogger("gn_detectron"))
     return cfg

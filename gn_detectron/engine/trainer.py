@@ -7,7 +7,7 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -60,17 +60,44 @@ class GNTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    _failed = False  # a step or a hook raised: after_train skips the final evaluation
+
     def run_step(self):
         """One training step; a divergence (non-finite loss, or non-finite predictions that
         detectron2 catches first) stops training with the iteration and the last loss terms."""
         try:
             super().run_step()
         except FloatingPointError as e:
+            self._failed = True
             latest = self.storage.latest()
             terms = {k: round(v[0], 6) for k, v in latest.items() if "loss" in k}
             raise FloatingPointError(
                 f"Training diverged at iteration {self.iter}: {e}\nLast logged loss terms: {terms}. "
                 "Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS, or enable SOLVER.CLIP_GRADIENTS.") from e
+        except BaseException:
+            self._failed = True
+            raise
+
+    def after_step(self):
+        try:
+            super().after_step()
+        except BaseException:  # e.g. a checkpoint that could not be saved (full disk)
+            self._failed = True
+            raise
+
+    def after_train(self):
+        """detectron2's ``after_train``, except that a run that failed (a step or a hook raised,
+        e.g. a checkpoint save on a full disk) does not go on to the final evaluation: its
+        results would describe a model that was not saved. The other hooks (timers, metric
+        writers) still close."""
+        if not self._failed:
+            return super().after_train()
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            if isinstance(h, hooks.EvalHook):
+                logger.warning("Training stopped by an error: final evaluation skipped")
+                continue
+            h.after_train()
 
     @classmethod
     def build_model(cls, cfg):

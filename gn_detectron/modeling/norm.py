@@ -12,6 +12,7 @@ Registered names:
     "", "BN", "SyncBN", "FrozenBN", "LN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N":
                 detectron2's own norms, unchanged
 """
+import math
 from dataclasses import dataclass
 
 from detectron2.utils.registry import Registry
@@ -45,8 +46,8 @@ class GNSpec:
                 "set MODEL.GN.NUM_GROUPS > 0 (or MODEL.GN.CHANNELS_PER_GROUP > 0), got "
                 f"NUM_GROUPS={self.num_groups}, CHANNELS_PER_GROUP={self.channels_per_group}"
             )
-        if not self.eps >= 0:
-            raise ValueError(f"MODEL.GN.EPS must be >= 0, got {self.eps}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"MODEL.GN.EPS must be a finite number >= 0 (the paper uses 1e-5), got {self.eps}")
 
     @classmethod
     def from_config(cls, cfg) -> "GNSpec":
