@@ -402,7 +402,7 @@ def sanitize_dataset_dicts(dicts: List[Dict], num_classes: int, name: str = "dat
     if fatal:
         named = "\n  ".join(_describe(fatal_examples[:NAMED_EXAMPLES], json_file))
         raise DatasetError(
-            f"dataset {name!r} cannot be evaluated: {_summary(fatal, what='images or annotations')}"
+            f"dataset {name!r} cannot be evaluated: {_summary(fatal, what='problems')}"
             f"{' (first ' + str(NAMED_EXAMPLES) + ')' if len(fatal_examples) > NAMED_EXAMPLES else ''}:\n  {named}\n"
             "Evaluating without them would give a wrong AP, and the evaluator reads the ground truth "
             "from the dataset itself: fix or remove these images and annotations in the dataset"
