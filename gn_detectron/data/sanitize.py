@@ -83,30 +83,39 @@ class DatasetError(ValueError):
 Problem = Tuple[str, str]  # (reason, the reason in words with the offending values)
 
 
+_PLAIN_NUMBERS = {int, float}
+# detectron2's BoxMode.XYXY_ABS and XYWH_ABS (IntEnum values; the module does not import
+# detectron2, which imports torch, until it must).
+_XYXY_ABS, _XYWH_ABS = 0, 1
+
+
 def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return type(value) in (int, float) or (isinstance(value, numbers.Real) and not isinstance(value, bool))
 
 
-def _as_numbers(values) -> Optional[np.ndarray]:
-    """``values`` (list, tuple or 1-D numeric array) as float64, or None if it is not a flat
-    sequence of real numbers (strings, None, nested lists, bools)."""
+def _as_numbers(values) -> Optional[List[float]]:
+    """``values`` (list, tuple or 1-D numeric array) as a list of numbers, or None if it is not
+    a flat sequence of real numbers (strings, None, nested lists, bools)."""
     if isinstance(values, np.ndarray):
         if values.ndim != 1 or not (np.issubdtype(values.dtype, np.integer)
                                     or np.issubdtype(values.dtype, np.floating)):
             return None
-        return values.astype(np.float64)
-    if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
+        return values.tolist()
+    if not isinstance(values, (list, tuple)):
         return None
-    return np.asarray(values, dtype=np.float64)
+    if not set(map(type, values)) <= _PLAIN_NUMBERS and not all(map(_is_number, values)):  # fast path first
+        return None
+    return list(values)
 
 
-def _far_outside(xy: np.ndarray, height: int, width: int) -> Optional[float]:
-    """The first coordinate of ``xy`` (x0, y0, x1, y1, ...) more than ``MAX_IMAGE_SIZES_OUTSIDE``
-    image sizes outside the image, or None."""
+def _far_outside(xy: List[float], height: int, width: int) -> Optional[float]:
+    """The first of the finite coordinates ``xy`` (x0, y0, x1, y1, ...) that lies more than
+    ``MAX_IMAGE_SIZES_OUTSIDE`` image sizes outside the image, or None."""
     k = MAX_IMAGE_SIZES_OUTSIDE
-    limits = np.tile(np.array([width, height], dtype=np.float64), len(xy) // 2 + 1)[: len(xy)]
-    bad = (xy < -k * limits) | (xy > (k + 1) * limits)
-    return float(xy[np.argmax(bad)]) if bad.any() else None
+    for values, size in ((xy[0::2], width), (xy[1::2], height)):
+        if values and (min(values) < -k * size or max(values) > (k + 1) * size):
+            return next(v for v in xy if v in (min(values), max(values)) and not -k * size <= v <= (k + 1) * size)
+    return None
 
 
 def _far_message(what, value, height, width):
@@ -119,19 +128,18 @@ def _box_problem(ann, height, width) -> Optional[Problem]:
     values = _as_numbers(bbox)
     if values is None or len(values) != 4:
         return BOX_FORMAT, f"bbox {bbox!r:.80} is not 4 numbers"
-    if not np.isfinite(values).all():
+    if not all(map(math.isfinite, values)):
         return BOX_NOT_FINITE, f"bbox {bbox!r:.80} is not finite"
-    from detectron2.structures import BoxMode
-
-    try:
-        mode = BoxMode(ann.get("bbox_mode", BoxMode.XYWH_ABS))
-        box = BoxMode.convert(values.tolist(), mode, BoxMode.XYXY_ABS)
-    except (ValueError, AssertionError, IndexError, RuntimeError):  # not a BoxMode, a relative or rotated one
-        return BOX_MODE, f"bbox_mode {ann.get('bbox_mode')!r} is not an absolute XYXY/XYWH BoxMode"
-    far = _far_outside(np.asarray(box, dtype=np.float64), height, width)
+    mode = ann.get("bbox_mode", _XYWH_ABS)
+    if isinstance(mode, bool) or mode not in (_XYXY_ABS, _XYWH_ABS):  # relative, rotated or no BoxMode
+        return BOX_MODE, f"bbox_mode {mode!r} is not an absolute XYXY/XYWH BoxMode"
+    x, y, w, h = values
+    if mode == _XYXY_ABS:
+        w, h = w - x, h - y
+    far = _far_outside([x, y, x + w, y + h], height, width)
     if far is not None:
         return BOX_FAR_OUTSIDE, _far_message("box", far, height, width)
-    if box[2] <= box[0] or box[3] <= box[1]:
+    if w <= 0 or h <= 0:
         return BOX_DEGENERATE, f"bbox {list(bbox)} has zero or negative size"
     return None
 
@@ -143,7 +151,7 @@ def _polygons_problem(polygons, height, width) -> Optional[Problem]:
         xy = _as_numbers(polygon)
         if xy is None:
             return POLYGON_FORMAT, f"polygon {polygon!r:.80} is not a flat list of numbers"
-        if not np.isfinite(xy).all():
+        if not all(map(math.isfinite, xy)):
             return POLYGON_NOT_FINITE, f"polygon {polygon!r:.80} has a non-finite coordinate"
         far = _far_outside(xy, height, width)
         if far is not None:
