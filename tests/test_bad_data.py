@@ -531,3 +531,17 @@ def test_test_loader_names_a_truncated_json(tmp_path, registered):
     path.write_text(text[: len(text) // 2])
     with pytest.raises(DatasetError, match=r"dataset 'val_json': the annotation file .*ann\.json is not valid JSON"):
         GNTrainer.build_test_loader(_loader_cfg(), name)
+
+
+def test_evaluation_datasets_are_checked_before_training(tmp_path, registered):
+    """A broken validation set stops the run when the train loader is built, not after training."""
+    from gn_detectron.engine.trainer import GNTrainer
+
+    train = _bad_training_set(tmp_path / "train", [])
+    name, path = _val_set(tmp_path / "val", registered, "val_broken")
+    path.write_text(path.read_text()[:100])
+    cfg = _loader_cfg()
+    cfg.DATASETS.TRAIN = (registered("train_fine", train, tmp_path / "train" / "img"),)
+    cfg.DATASETS.TEST = (name,)
+    with pytest.raises(DatasetError, match=r"dataset 'val_broken': the annotation file .*val/ann\.json is not valid"):
+        GNTrainer.build_train_loader(cfg)

@@ -84,13 +84,16 @@ class GNTrainer(DefaultTrainer):
         are missing and annotations that are malformed, degenerate or of an unknown class are
         skipped with one counting warning (:func:`gn_detectron.data.sanitize.sanitize_dataset_dicts`);
         an image file that cannot be decoded is skipped, named and counted when it is read
-        (:class:`gn_detectron.data.sanitize.CheckedImageMapper`)."""
+        (:class:`gn_detectron.data.sanitize.CheckedImageMapper`). ``DATASETS.TEST`` is checked
+        too (as :meth:`build_test_loader` does), so that an error there stops the run before
+        training rather than after it."""
         from detectron2.data import DatasetMapper, build_detection_train_loader
         from detectron2.data.build import filter_images_with_only_crowd_annotations
 
         from ..data.sanitize import CheckedImageMapper, load_checked_dataset_dicts
 
         dicts = load_checked_dataset_dicts(cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        load_checked_dataset_dicts(cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES, for_evaluation=True)
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
             dicts = filter_images_with_only_crowd_annotations(dicts)
         mapper = CheckedImageMapper(DatasetMapper(cfg, True), ", ".join(cfg.DATASETS.TRAIN))
