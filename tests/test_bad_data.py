@@ -1,6 +1,9 @@
-"""Bad training data: missing images, degenerate boxes and masks and unknown categories are
-skipped with one counting warning; a malformed annotation file stops with an error naming it;
-training on such a dataset runs."""
+"""Bad data: missing images, degenerate boxes and masks, unknown categories, and annotations
+that would crash pycocotools or detectron2 (absurd, non-finite or non-numeric coordinates, RLE of
+the wrong size or with malformed counts) are skipped in training with one counting warning that
+names them, and training through tools/train_net.py runs; unreadable image files are skipped in
+training and named in evaluation; evaluation datasets stop with an error naming what would make
+the evaluation crash or wrong; a malformed annotation file stops with an error naming it."""
 import json
 import logging
 import os
