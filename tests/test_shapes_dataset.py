@@ -226,6 +226,130 @@ def test_processes_starting_together_generate_once(tmp_path):
     assert read_files(tmp_path / "shared") == read_files(tmp_path / "fresh")
 
 
+def _can_mount_read_only():
+    """Whether this process may bind-mount a folder read-only in a private mount namespace
+    (``unshare -m``: root or CAP_SYS_ADMIN, util-linux)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if not (shutil.which("unshare") and shutil.which("mount")):
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        probe = (f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && "
+                 f"! touch {folder}/probe 2>/dev/null")
+        try:
+            return subprocess.run(["unshare", "-m", "sh", "-c", probe], capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
+
+READ_ONLY_CHECK = """
+import errno, sys
+from detectron2.data import DatasetCatalog
+from gn_detectron.data import generate_shapes_dataset, register_shapes_dataset
+root = sys.argv[1]
+try:
+    open(root + "/probe", "w")
+except OSError as e:
+    print("read-only:", e.errno == errno.EROFS)
+print("paths:", generate_shapes_dataset(root, "train", {n}, {size}))
+register_shapes_dataset("shapes_read_only", root, "train", {n}, {size})
+print("records:", len(DatasetCatalog.get("shapes_read_only")))
+try:
+    generate_shapes_dataset(root, "val", {n}, {size})
+except OSError as e:
+    print("val:", e)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_read_only(), reason="needs unshare -m and mount (root or CAP_SYS_ADMIN)")
+def test_complete_cache_on_a_read_only_mount(tmp_path):
+    """A real read-only file system: ``root`` bind-mounted read-only in a private mount
+    namespace (chmod does not stop root). The complete split is used; a missing split is
+    refused with a message that names the folder and what to set."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "shapes"
+    generate(root)
+    before = read_files(root)
+    code = READ_ONLY_CHECK.format(n=NUM_IMAGES, size=IMAGE_SIZE)
+    script = tmp_path / "check.py"
+    script.write_text(code)
+    command = (f"mount --bind {root} {root} && mount -o remount,bind,ro {root} && "
+               f"exec {sys.executable} {script} {root}")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    out = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "read-only: True" in out.stdout
+    assert f"paths: {shapes.shapes_dataset_paths(str(root), 'train')}" in out.stdout
+    assert f"records: {NUM_IMAGES}" in out.stdout
+    assert (f"val: [Errno 30] Cannot write the shapes dataset split 'val' under {root} (Read-only file system)"
+            in out.stdout) and "Set GN_DETECTRON_DATASETS" in out.stdout
+    assert read_files(root) == before
+
+
+def test_complete_cache_is_read_without_writing(tmp_path, monkeypatch, caplog):
+    """Simulates a read-only folder where a mount is not possible: every call shapes.py writes
+    with (open for writing, mkdir, mkdtemp, replace, remove, image writes) fails with
+    OSError(EROFS) for paths under ``root``. Reading a complete split makes none of those calls;
+    generating one is refused with a message naming the folder."""
+    import builtins
+    import errno
+    import logging
+
+    root = tmp_path / "shapes"
+    generate(root)
+    before = read_files(root)
+
+    def read_only(path):
+        if os.path.abspath(os.fspath(path)).startswith(str(root)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    def guard(function, path_arg=0, writes=lambda *a, **k: True):
+        def guarded(*args, **kwargs):
+            if writes(*args, **kwargs):
+                read_only(args[path_arg] if len(args) > path_arg else kwargs.get("dir"))
+            return function(*args, **kwargs)
+        return guarded
+
+    monkeypatch.setattr(shapes, "open", guard(builtins.open, writes=lambda path, mode="r", *a, **k: mode != "r"),
+                        raising=False)
+    for name in ("mkdir", "makedirs"):  # an existing folder is no write (EEXIST, as on a read-only mount)
+        monkeypatch.setattr(os, name, guard(getattr(os, name), writes=lambda path, *a, **k: not os.path.isdir(path)))
+    for name in ("remove", "replace"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    monkeypatch.setattr(shapes.tempfile, "mkdtemp", guard(shapes.tempfile.mkdtemp, path_arg=2))
+    monkeypatch.setattr(shapes, "_write_image", guard(shapes._write_image))
+
+    assert generate(root) == shapes.shapes_dataset_paths(root, "train")
+    with caplog.at_level(logging.WARNING), pytest.raises(OSError, match=(
+            f"Cannot write the shapes dataset split 'val' under {root} .*Set GN_DETECTRON_DATASETS")) as error:
+        generate(root, split="val")
+    assert error.value.errno == errno.EROFS
+    assert f"Cannot lock {root / '.lock_val'}" in caplog.text  # then the first write fails
+    monkeypatch.undo()
+    assert read_files(root) == before
+
+
+def test_lock_that_cannot_be_created_is_skipped(tmp_path, caplog):
+    """A lock file that cannot be opened (here a folder in its place: a real failure of open())
+    lets generation go on without the lock, with a warning."""
+    import logging
+
+    root = tmp_path / "shapes"
+    os.makedirs(root / ".lock_train")
+    with caplog.at_level(logging.WARNING):
+        generate(root)
+    assert f"Cannot lock {root / '.lock_train'}" in caplog.text and "going on without the lock" in caplog.text
+    generate(tmp_path / "fresh")
+    assert {k: v for k, v in read_files(root).items()} == {k: v for k, v in read_files(tmp_path / "fresh").items()
+                                                          if not k.startswith(".lock")}
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(num_images=0),
     dict(num_images=2.0),

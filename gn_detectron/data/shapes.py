@@ -12,6 +12,7 @@ Layout under ``root``::
     .complete_<split>                       the generation parameters (JSON), written last
 """
 import contextlib
+import errno
 import functools
 import glob
 import json
@@ -290,14 +291,27 @@ def _write_json(path, obj):
 @contextlib.contextmanager
 def _split_lock(root, split):
     """Holds an exclusive lock on ``split`` under ``root`` (POSIX), so that processes that start
-    together (e.g. the ranks of a distributed run) generate a split once."""
+    together (e.g. the ranks of a distributed run) generate a split once. Where the lock file
+    cannot be created or locked (a read-only folder, a file system without locks) it goes on
+    without the lock, with a warning."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock
         yield
         return
-    with open(os.path.join(root, f".lock_{split}"), "a") as lock_file:
+    path = os.path.join(root, f".lock_{split}")
+    lock_file = None
+    try:
+        lock_file = open(path, "a")
         fcntl.flock(lock_file, fcntl.LOCK_EX)
+    except OSError as e:
+        if lock_file is not None:
+            lock_file.close()
+        logger.warning(f"Cannot lock {path} ({e}): going on without the lock; processes that start "
+                       "together may generate this split at the same time")
+        yield
+        return
+    with lock_file:
         try:
             yield
         finally:
@@ -420,6 +434,9 @@ def generate_shapes_dataset(root, split, num_images, image_size=(192, 256), seed
     The split is written to a temporary folder in ``root`` and moved into place at the end;
     ``root/.complete_<split>``, written last, holds the parameters. Data whose marker is missing
     or holds other parameters is generated again; an interrupted generation leaves no marker.
+Complete data is used without writing anything (not even the lock file), so a generated dataset
+on a read-only mount works; where data must be generated and the folder cannot be written, the
+error names the folder and says what to set.
 
     Args:
         root (str or PathLike): the dataset folder (created if missing).
@@ -435,17 +452,29 @@ def generate_shapes_dataset(root, split, num_images, image_size=(192, 256), seed
     """
     params = _generation_params(split, num_images, image_size, seed, categories)
     root = os.fspath(root)
-    os.makedirs(root, exist_ok=True)
-    with _split_lock(root, split):
-        if overwrite or not _is_complete(root, split, params):
-            _remove_leftovers(root, split)
-            folder = tempfile.mkdtemp(prefix=f".tmp_{split}.", dir=root)
-            try:
-                _write_split(folder, params)
-                _install_split(folder, root, split)
-                _write_marker(folder, root, split, params)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+    if not overwrite and _is_complete(root, split, params):
+        # Complete data is only read: no lock, nothing written, so a read-only copy works.
+        return shapes_dataset_paths(root, split)
+    try:
+        os.makedirs(root, exist_ok=True)
+        with _split_lock(root, split):
+            if overwrite or not _is_complete(root, split, params):
+                _remove_leftovers(root, split)
+                folder = tempfile.mkdtemp(prefix=f".tmp_{split}.", dir=root)
+                try:
+                    _write_split(folder, params)
+                    _install_split(folder, root, split)
+                    _write_marker(folder, root, split, params)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+    except OSError as e:
+        if not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
+            raise
+        # OSError(errno, ...) builds the same subclass (PermissionError for EACCES/EPERM).
+        raise OSError(e.errno, f"Cannot write the shapes dataset split {split!r} under {root} "
+                      f"({e.strerror}), and its data there is missing or was generated with other "
+                      "parameters. Set GN_DETECTRON_DATASETS (or root) to a writable folder, or generate "
+                      "the split once where it can be written", e.filename) from e
     return shapes_dataset_paths(root, split)
 
 

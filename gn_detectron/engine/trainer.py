@@ -108,17 +108,37 @@ class GNTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """detectron2's train loader over the checked records of ``DATASETS.TRAIN``: images that
-        are missing and annotations that are degenerate or of an unknown class are skipped with
-        one counting warning (:func:`gn_detectron.data.sanitize.sanitize_dataset_dicts`)."""
-        from detectron2.data import build_detection_train_loader
+        are missing and annotations that are malformed, degenerate or of an unknown class are
+        skipped with one counting warning (:func:`gn_detectron.data.sanitize.sanitize_dataset_dicts`);
+        an image file that cannot be decoded is skipped, named and counted when it is read
+        (:class:`gn_detectron.data.sanitize.CheckedImageMapper`). ``DATASETS.TEST`` is checked
+        too (as :meth:`build_test_loader` does), so that an error there stops the run before
+        training rather than after it."""
+        from detectron2.data import DatasetMapper, build_detection_train_loader
         from detectron2.data.build import filter_images_with_only_crowd_annotations
 
-        from ..data.sanitize import load_checked_dataset_dicts
+        from ..data.sanitize import CheckedImageMapper, load_checked_dataset_dicts
 
         dicts = load_checked_dataset_dicts(cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        load_checked_dataset_dicts(cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES, for_evaluation=True)
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
             dicts = filter_images_with_only_crowd_annotations(dicts)
-        return build_detection_train_loader(cfg, dataset=dicts)
+        mapper = CheckedImageMapper(DatasetMapper(cfg, True), ", ".join(cfg.DATASETS.TRAIN))
+        return build_detection_train_loader(cfg, dataset=dicts, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader over the checked records of ``dataset_name``: a missing or
+        unreadable image, or an annotation that would crash or corrupt the COCO evaluation, stops
+        with a :class:`gn_detectron.data.sanitize.DatasetError` that names it (evaluating a subset
+        would give a wrong AP); see ``sanitize_dataset_dicts(..., for_evaluation=True)``."""
+        from detectron2.data import DatasetMapper, build_detection_test_loader
+
+        from ..data.sanitize import CheckedImageMapper, load_checked_dataset_dicts
+
+        dicts = load_checked_dataset_dicts([dataset_name], cfg.MODEL.ROI_HEADS.NUM_CLASSES, for_evaluation=True)
+        mapper = CheckedImageMapper(DatasetMapper(cfg, False), dataset_name, for_evaluation=True)
+        return build_detection_test_loader(dataset=dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
