@@ -1,4 +1,6 @@
-"""Built-in datasets: synthetic coloured shapes for instance segmentation, generated on first use."""
+"""Datasets: the built-in synthetic shapes (generated on first use) and COCO-format datasets of
+one's own, registered from the config (``DATASETS.COCO_JSON``)."""
+from .coco_json import check_training_datasets, register_coco_json, register_coco_json_datasets
 from .shapes import (
     SHAPES_CATEGORIES,
     default_shapes_root,
@@ -9,6 +11,9 @@ from .shapes import (
 
 __all__ = [
     "SHAPES_CATEGORIES",
+    "check_training_datasets",
+    "register_coco_json",
+    "register_coco_json_datasets",
     "default_shapes_root",
     "generate_shapes_dataset",
     "register_shapes_dataset",

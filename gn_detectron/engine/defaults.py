@@ -16,10 +16,12 @@ logger = logging.getLogger(__name__)
 
 def setup_cfg(args, freeze=True):
     """Builds the config of ``args`` (``--config-file`` and trailing ``KEY VALUE`` opts) with
-    ``MODEL.GN`` added, the built-in shapes datasets registered, and detectron2's
+    ``MODEL.GN`` added, the built-in shapes datasets and the ``DATASETS.COCO_JSON`` datasets
+    registered, ``TEST.COCO_EVAL_BACKEND`` checked, and detectron2's
     ``default_setup`` (logging, output dir, seeds) applied. With no GPU present and
     ``MODEL.DEVICE`` "cuda", the model runs on the CPU (logged)."""
-    from ..data import register_shapes_datasets
+    from ..data import register_coco_json_datasets, register_shapes_datasets
+    from ..evaluation import get_coco_eval_backend
 
     cfg = get_cfg()
     add_gn_config(cfg)
@@ -31,6 +33,8 @@ def setup_cfg(args, freeze=True):
     if freeze:
         cfg.freeze()
     register_shapes_datasets()
+    register_coco_json_datasets(cfg)
+    get_coco_eval_backend(cfg.TEST.COCO_EVAL_BACKEND)  # an unknown name fails now, not after training
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gn_detectron", abbrev_name="gn")
     if fell_back:
