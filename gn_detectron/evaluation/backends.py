@@ -34,6 +34,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# An evaluation loop logs its progress after this many seconds, then every PROGRESS_EVERY_S.
+PROGRESS_FIRST_AFTER_S = 5.0
+PROGRESS_EVERY_S = 10.0
+
 # name -> class of a COCOEvalBackend; instantiating it imports its library (ImportError if absent).
 COCO_EVAL_BACKENDS: Dict[str, Callable[[], "COCOEvalBackend"]] = {}
 
@@ -69,6 +73,10 @@ class COCOEvalBackend:
 
 
 _warned_fallback = set()
+
+
+def _progress_args():
+    return {"logger": logger, "first_after": PROGRESS_FIRST_AFTER_S, "every": PROGRESS_EVERY_S}
 
 
 def coco_results_for_task(results: Sequence[dict], iou_type: str):
@@ -123,10 +131,10 @@ def _pycocotools_eval_classes():
             num_cats = len(set(p.catIds)) if p.useCats else 1
             pairs = num_images * num_cats
             self._iou_progress = ProgressETA(pairs, f"COCO {p.iouType} evaluation, IoUs (image x category)",
-                                             logger=logger)
+                                             **_progress_args())
             self._match_progress = ProgressETA(pairs * len(p.areaRng),
                                                f"COCO {p.iouType} evaluation, matching (image x category x area)",
-                                               logger=logger)
+                                               **_progress_args())
             with contextlib.redirect_stdout(io.StringIO()):
                 super().evaluate()
 
@@ -199,7 +207,7 @@ def _faster_eval_class():
             pairs = getattr(self, "_nonempty_iou_pairs", None)
             total = len(pairs) if pairs is not None else len(p.imgIds) * (len(p.catIds) if p.useCats else 1)
             self._iou_progress = ProgressETA(total, f"COCO {p.iouType} evaluation, IoUs (image x category)",
-                                             logger=logger)
+                                             **_progress_args())
 
         def computeIoU(self, imgId, catId):
             self._iou_progress.step()
@@ -210,6 +218,15 @@ def _faster_eval_class():
             return super().computeOks(imgId, catId)
 
     return ProgressCOCOevalFaster
+
+
+def _faster_message(message):
+    """faster-coco-eval's messages: its summary lines (" Average Precision ...") are logged like
+    the rest of the evaluation, its timings and steps only at DEBUG on its own logger."""
+    if str(message).lstrip().startswith("Average"):
+        logger.info(message)
+    else:
+        logging.getLogger("faster_coco_eval").debug(message)
 
 
 @register_coco_eval_backend("faster_coco_eval")
@@ -228,7 +245,7 @@ class FasterCocoEvalBackend(COCOEvalBackend):
         self._eval_cls = _faster_eval_class()
 
     def load_ground_truth(self, json_file):
-        return self._coco_cls(json_file, print_function=logger.debug)
+        return self._coco_cls(json_file, print_function=_faster_message)
 
     def load_results(self, coco_gt, results, iou_type):
         """The detections as a faster-coco-eval ``COCO`` object, with what ``loadRes`` would add
@@ -250,14 +267,14 @@ class FasterCocoEvalBackend(COCOEvalBackend):
             if no_box:
                 for a, box in zip(no_box, self._mask.toBbox([a["segmentation"] for a in no_box]).tolist()):
                     a["bbox"] = box
-        coco_dt = self._coco_cls(print_function=logger.debug)
+        coco_dt = self._coco_cls(print_function=_faster_message)
         coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": anns,
                            "categories": copy.deepcopy(coco_gt.dataset["categories"])}
         coco_dt.createIndex()
         return coco_dt
 
     def evaluator(self, coco_gt, coco_dt, iou_type, max_dets_per_image):
-        coco_eval = self._eval_cls(coco_gt, coco_dt, iou_type, print_function=logger.debug)
+        coco_eval = self._eval_cls(coco_gt, coco_dt, iou_type, print_function=_faster_message)
         if iou_type != "keypoints":
             coco_eval.params.maxDets = list(max_dets_per_image)
         return coco_eval
