@@ -18,6 +18,7 @@ faster-coco-eval is not installed, asking for it gives pycocotools with one warn
 """
 import contextlib
 import copy
+import functools
 import io
 import logging
 from typing import Callable, Dict, Sequence
@@ -118,6 +119,7 @@ def get_coco_eval_backend(name: str) -> COCOEvalBackend:
 # ---------------------------------------------------------------------------------------------
 # pycocotools
 # ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def _pycocotools_eval_classes():
     from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
     from pycocotools.cocoeval import COCOeval
@@ -194,6 +196,7 @@ class PycocotoolsBackend(COCOEvalBackend):
 # ---------------------------------------------------------------------------------------------
 # faster-coco-eval
 # ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def _faster_eval_class():
     from faster_coco_eval import COCOeval_faster
 
