@@ -191,7 +191,8 @@ def predict(cfg, files, output_dir):
             r["category_id"] = to_dataset_id[r["category_id"]]
             r["file_name"] = path
             results.append(r)
-        drawn = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(instances)
+        visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+        drawn = visualizer.draw_instance_predictions(instances)
         out_path = os.path.join(output_dir, picture_name(path, used_names))
         if not cv2.imwrite(out_path, drawn.get_image()[:, :, ::-1]):
             raise OSError(f"could not write {out_path}")

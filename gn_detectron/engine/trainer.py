@@ -40,8 +40,8 @@ class GNTrainer(DefaultTrainer):
     weights load through :class:`GNCheckpointer`; the training sets are checked against the config
     first (:func:`~gn_detectron.data.check_training_datasets`); evaluation is
     :class:`gn_detectron.evaluation.COCOEvaluator` (bbox and, with ``MODEL.MASK_ON``, segm; AP
-    computed by ``TEST.COCO_EVAL_BACKEND``); several processes also train on the CPU (gloo); :meth:`test` writes
-    ``OUTPUT_DIR/results.json``.
+    computed by ``TEST.COCO_EVAL_BACKEND``); several processes also train on the CPU (gloo);
+    :meth:`test` writes ``OUTPUT_DIR/results.json``.
     """
 
     def __init__(self, cfg):

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
