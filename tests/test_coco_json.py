@@ -140,6 +140,25 @@ def test_num_classes_must_match_the_training_set(dataset, registered):
     check_training_datasets(cfg)
 
 
+def test_crowd_rle_is_fine_with_polygon_masks(tmp_path, dataset, registered):
+    """As in COCO itself: crowd annotations in RLE, the others polygons, trained with the
+    polygon format (detectron2 drops crowd annotations before reading masks)."""
+    with open(dataset["val"]) as f:
+        data = json.load(f)
+    for a in data["annotations"]:
+        if isinstance(a["segmentation"], dict) and not a["iscrowd"]:
+            x, y, w, h = a["bbox"]
+            a["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    assert any(a["iscrowd"] and isinstance(a["segmentation"], dict) for a in data["annotations"])
+    path = tmp_path / "polygons.json"
+    path.write_text(json.dumps(data))
+    entries = [["mine_poly_train", str(path), dataset["images"]]]
+    registered.extend(register_coco_json_datasets(entries))
+    cfg = _cfg(entries, **{"DATASETS.TRAIN": ("mine_poly_train",), "MODEL.ROI_HEADS.NUM_CLASSES": 2,
+                           "INPUT.MASK_FORMAT": "polygon"})
+    check_training_datasets(cfg)
+
+
 def test_num_classes_of_python_registered_and_builtin_datasets(dataset, registered):
     from detectron2.data.datasets import register_coco_instances
 

@@ -33,8 +33,9 @@ class CocoJsonSummary:
     Attributes:
         categories: the "categories" entries, sorted by id (the order of the contiguous ids).
         num_images: length of "images".
-        num_rle_masks: annotations whose "segmentation" is RLE (a dict); those need
-            ``INPUT.MASK_FORMAT = "bitmask"`` to train.
+        num_rle_masks: non-crowd annotations whose "segmentation" is RLE (a dict); those need
+            ``INPUT.MASK_FORMAT = "bitmask"`` to train (crowd annotations are not trained on:
+            detectron2's mapper drops them before reading masks).
         has_annotations: whether the file has an "annotations" list (test sets may not).
     """
 
@@ -50,6 +51,10 @@ class CocoJsonSummary:
     @property
     def dataset_id_to_contiguous_id(self) -> dict:
         return {c["id"]: i for i, c in enumerate(self.categories)}
+
+
+# names registered by register_coco_json in this process
+_REGISTERED = set()
 
 
 class CocoJsonError(ValueError):
@@ -79,7 +84,7 @@ def _summarize(data, json_file) -> CocoJsonSummary:
     if annotations is not None and not (isinstance(annotations, list)
                                         and all(isinstance(a, dict) for a in annotations)):
         raise CocoJsonError(f"{json_file}: 'annotations' is not a list of objects")
-    num_rle = sum(isinstance(a.get("segmentation"), dict) for a in annotations or ())
+    num_rle = sum(isinstance(a.get("segmentation"), dict) and not a.get("iscrowd", 0) for a in annotations or ())
     return CocoJsonSummary(
         categories=tuple(sorted(categories, key=lambda c: c["id"])),
         num_images=len(data["images"]),
@@ -154,6 +159,7 @@ def register_coco_json(name, json_file, image_root) -> CocoJsonSummary:
             f"dataset {name!r} is already registered (json_file={meta.get('json_file')}, "
             f"image_root={meta.get('image_root')}): give the DATASETS.COCO_JSON entry of "
             f"{json_file} another name")
+    _REGISTERED.add(name)
     register_coco_instances(name, {
         "thing_classes": summary.thing_classes,
         "thing_dataset_id_to_contiguous_id": summary.dataset_id_to_contiguous_id,
@@ -201,18 +207,21 @@ def _model_num_classes(cfg) -> Tuple[str, int]:
 
 
 def _training_set_classes(name) -> Tuple[Optional[List[str]], Optional[CocoJsonSummary]]:
-    """(class names or None when unknown without loading, summary of its json file or None)."""
+    """(class names, or None when unknown without loading; summary of its json file, or None).
+
+    The json file is read only when it was read at registration (DATASETS.COCO_JSON, cached) or
+    when the metadata has no class names: a large built-in dataset is not parsed twice."""
     from detectron2.data import MetadataCatalog
 
     meta = MetadataCatalog.get(name)
     json_file = meta.get("json_file", None)
+    classes = meta.get("thing_classes", None)
     summary = None
-    if json_file and os.path.isfile(json_file):
+    if json_file and os.path.isfile(json_file) and (name in _REGISTERED or classes is None):
         try:
             summary = read_coco_json_summary(json_file)
         except (CocoJsonError, OSError):
             summary = None  # the loader reports a broken file with its own error
-    classes = meta.get("thing_classes", None)
     if classes is None and summary is not None:
         classes = summary.thing_classes
     return (list(classes) if classes is not None else None), summary
@@ -230,7 +239,8 @@ def check_training_datasets(cfg) -> None:
       polygons too).
 
     A dataset whose categories cannot be known without loading it (no ``thing_classes`` in its
-    metadata and no readable ``json_file``) is not checked.
+    metadata and no readable ``json_file``) is not checked; the RLE check applies to the
+    datasets of ``DATASETS.COCO_JSON`` and to those without ``thing_classes``.
 
     Raises:
         ValueError: naming the dataset, both numbers, and what to change.
