@@ -5,7 +5,8 @@ __all__ = ["add_gn_config"]
 
 
 def add_gn_config(cfg):
-    """Adds ``MODEL.GN`` to a detectron2 config (idempotent) and returns it.
+    """Adds ``MODEL.GN`` and the plugin's dataset and evaluation keys to a detectron2 config
+    (idempotent) and returns it.
 
     MODEL.GN.IMPL ("fast"): which GroupNorm runs every GN layer of the model. "fast": the plugin's
         kernels (gn_detectron.layers.GroupNorm); "native": torch.nn.GroupNorm. Both keep the same
@@ -17,7 +18,17 @@ def add_gn_config(cfg):
     MODEL.GN.FUSE_ACTIVATION (True): with IMPL "fast", run the ReLU that follows a GN inside the
         GN kernel: in detectron2 ``Conv2d(norm=GN, activation=ReLU)`` layers (FPN-free heads) and,
         with the registered builders, inside the ResNet stem and blocks. Results are unchanged.
+    DATASETS.COCO_JSON ([]): datasets in COCO's json format, each ``[name, json_file,
+        image_root]``, registered under ``name`` before anything is built
+        (:func:`gn_detectron.data.register_coco_json_datasets`); use the names in
+        DATASETS.TRAIN / DATASETS.TEST.
+    TEST.COCO_EVAL_BACKEND ("faster_coco_eval"): what computes COCO AP: "faster_coco_eval" (the
+        faster-coco-eval package, C++; same AP) or "pycocotools" (the official Python code).
     """
+    if "COCO_JSON" not in cfg.DATASETS:
+        cfg.DATASETS.COCO_JSON = []
+    if "COCO_EVAL_BACKEND" not in cfg.TEST:
+        cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
     if "GN" in cfg.MODEL:
         return cfg
     cfg.MODEL.GN = CN()

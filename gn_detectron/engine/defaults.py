@@ -18,12 +18,14 @@ logger = logging.getLogger(__name__)
 
 def setup_cfg(args, freeze=True):
     """Builds the config of ``args`` (``--config-file`` and trailing ``KEY VALUE`` opts) with
-    ``MODEL.GN`` added, the built-in shapes datasets registered, and detectron2's
+    ``MODEL.GN`` added, the built-in shapes datasets and the ``DATASETS.COCO_JSON`` datasets
+    registered, ``TEST.COCO_EVAL_BACKEND`` checked, and detectron2's
     ``default_setup`` (logging, output dir, seeds) applied. With no GPU present and
     ``MODEL.DEVICE`` "cuda", the model runs on the CPU (logged). The main process takes the
     ``OUTPUT_DIR`` lock (:func:`lock_output_dir`: a second run on the same folder fails at once)
     and removes temporary files that killed saves left there."""
-    from ..data import register_shapes_datasets
+    from ..data import register_coco_json_datasets, register_shapes_datasets
+    from ..evaluation import get_coco_eval_backend
 
     cfg = get_cfg()
     add_gn_config(cfg)
@@ -35,6 +37,8 @@ def setup_cfg(args, freeze=True):
     if freeze:
         cfg.freeze()
     register_shapes_datasets()
+    register_coco_json_datasets(cfg)
+    get_coco_eval_backend(cfg.TEST.COCO_EVAL_BACKEND)  # an unknown name fails now, not after training
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         lock_output_dir(cfg.OUTPUT_DIR)  # before anything is written there
     default_setup(cfg, args)

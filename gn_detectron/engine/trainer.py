@@ -8,12 +8,13 @@ from collections import OrderedDict
 
 import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint.checkpointer import GNCheckpointer
+from ..data.coco_json import check_training_datasets
+from ..evaluation import COCOEvaluator
 from ..modeling import build_model
 
 __all__ = ["GNTrainer", "create_ddp_model"]
@@ -36,9 +37,11 @@ class GNTrainer(DefaultTrainer):
     """Trains and evaluates a detectron2 model whose GN layers follow ``MODEL.GN``.
 
     Differences from ``DefaultTrainer``: the model comes from :func:`gn_detectron.build_model`;
-    weights load through :class:`GNCheckpointer`; evaluation is ``COCOEvaluator`` (bbox and, with
-    ``MODEL.MASK_ON``, segm); several processes also train on the CPU (gloo); :meth:`test` writes
-    ``OUTPUT_DIR/results.json``.
+    weights load through :class:`GNCheckpointer`; the training sets are checked against the config
+    first (:func:`~gn_detectron.data.check_training_datasets`); evaluation is
+    :class:`gn_detectron.evaluation.COCOEvaluator` (bbox and, with ``MODEL.MASK_ON``, segm; AP
+    computed by ``TEST.COCO_EVAL_BACKEND``); several processes also train on the CPU (gloo);
+    :meth:`test` writes ``OUTPUT_DIR/results.json``.
     """
 
     def __init__(self, cfg):
@@ -47,6 +50,7 @@ class GNTrainer(DefaultTrainer):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         check_batch_size(cfg, comm.get_world_size())
+        check_training_datasets(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -143,8 +147,7 @@ class GNTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder)
+        return COCOEvaluator.from_config(cfg, dataset_name, output_dir=output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
