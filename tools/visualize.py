@@ -28,7 +28,7 @@ from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from gn_detectron.config import add_gn_config  # noqa: E402
-from gn_detectron.data import register_shapes_datasets  # noqa: E402
+from gn_detectron.data import register_coco_json_datasets, register_shapes_datasets  # noqa: E402
 
 
 def load_cfg(config_file, opts):
@@ -130,6 +130,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = load_cfg(args.config_file, args.opts)
     register_shapes_datasets()
+    register_coco_json_datasets(cfg)  # the datasets of DATASETS.COCO_JSON, as train_net.py does
     cfg.MODEL.WEIGHTS = args.weights or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if not os.path.exists(cfg.MODEL.WEIGHTS):
         raise SystemExit(f"{cfg.MODEL.WEIGHTS}: no trained weights; train first (tools/train_net.py)")
