@@ -24,6 +24,12 @@ demo: setup
 	$(PY) tools/train_net.py --config-file configs/shapes/mask_rcnn_gn.yaml
 	$(PY) tools/visualize.py --config-file configs/shapes/mask_rcnn_gn.yaml
 
+# The demo's Mask R-CNN trained with GN, BN (training mode) and frozen BN at 2 images per batch,
+# box and mask AP side by side (three demo-length trainings; not part of `make demo`).
+.PHONY: compare
+compare: setup
+	$(PY) tools/compare_norms.py
+
 benchmark: setup
 	$(PY) tools/benchmark_gn.py --json output/benchmark_gn.json
 

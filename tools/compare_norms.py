@@ -139,7 +139,7 @@ def plot(rows, path, title):
         values = [r[key] or 0.0 for r in rows]
         bars = ax.bar([p + offset for p in positions], values, width=0.4, label=label, color=colour)
         for bar, row in zip(bars, rows):
-            text = "diverged" if row[key] is None else f"{row[key]:.1f}"
+            text = f"{row[key]:.1f}" if row[key] is not None else ("n/a" if row["status"] == "ok" else "failed")
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                         va="bottom", fontsize=8)
     ax.set_xticks(list(positions))
