@@ -48,16 +48,11 @@ logger = logging.getLogger(__name__)
 SHAPES_CATEGORIES = ("circle", "rectangle", "triangle", "ellipse", "star", "hexagon")
 
 # Bumped whenever the generator's output changes, so that older caches are regenerated.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
 
 MIN_IMAGE_SIDE = 32
 MAX_INSTANCES_PER_IMAGE = 6
-# Shape diameters range from MIN_SHAPE_FRACTION to MAX_SHAPE_FRACTION of the shorter image side
-# (at least MIN_SHAPE_DIAMETER pixels). The lower bound keeps the smallest shape about 5 cells
-# wide on a stride-4 feature map at the demo's resolution (2/3 of 192 px: 21 px): below that a
-# circle and a hexagon differ by about a pixel on their rims and cannot be told apart.
-MIN_SHAPE_FRACTION = 1 / 6
-MAX_SHAPE_FRACTION = 1 / 2
+# Shape diameters range from 1/12 to 1/2 of the shorter image side (at least MIN_SHAPE_DIAMETER).
 MIN_SHAPE_DIAMETER = 14.0
 # An instance stays visible on at least this fraction of its own area, and this many pixels.
 MIN_VISIBLE_FRACTION = 0.3
@@ -135,8 +130,7 @@ assert tuple(_SHAPE_DRAWERS) == SHAPES_CATEGORIES
 def _random_shape_mask(rng, shape_name, height, width):
     """(H, W) bool mask of a randomly placed, sized and rotated shape, entirely in the image."""
     shorter_side = min(height, width)
-    diameter = rng.uniform(max(shorter_side * MIN_SHAPE_FRACTION, MIN_SHAPE_DIAMETER),
-                           shorter_side * MAX_SHAPE_FRACTION)
+    diameter = rng.uniform(max(shorter_side / 12, MIN_SHAPE_DIAMETER), shorter_side / 2)
     radius = diameter / 2
     center = (rng.uniform(radius, width - 1 - radius), rng.uniform(radius, height - 1 - radius))
     angle = rng.uniform(0, 2 * np.pi)
