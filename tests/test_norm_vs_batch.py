@@ -56,6 +56,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_quick_run_writes_table_json_and_plot(tmp_path, one_thread):
     results = norm_vs_batch.main(["--quick", "--output-dir", str(tmp_path)])
     assert {(r["norm"], r["batch_size"]) for r in results} == {("BN", 4), ("GN", 4), ("BN", 2), ("GN", 2)}
