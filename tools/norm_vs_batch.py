@@ -180,7 +180,7 @@ def plot(results, batch_sizes, path, title):
     ax.invert_xaxis()
     ax.set_xlabel("images per batch")
     ax.set_ylabel("validation error (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
