@@ -8,8 +8,11 @@ the same state_dict keys), and on tiny images:
 
 - inference: the backbone features (1e-4 relative) and the output of every GN layer (1e-4
   relative; a fused GN + ReLU against ReLU of the native GN) agree, and the predictions come out;
-- training, for the cascade, panoptic, semantic and deformable models and FCOS: one step,
-  forward and backward, with every loss equal to 1e-3 relative.
+- training, for the cascade, panoptic and deformable models: one step, forward and backward, with
+  every loss equal to 1e-3 relative and every GN parameter receiving a gradient. Where the backbone
+  has no GN layer (the X-152 cascade model: GN in its box and mask heads only), the backbone is
+  frozen for the step: every GN layer still trains, without the CPU cost of the ResNeXt-152
+  backward.
 
 Configs whose built models are the same (module tree, parameter shapes, trainable parameters) are
 run once, for the first of them; the test log names the others. Smaller settings that do not
@@ -33,7 +36,7 @@ from _reference import rel_error
 
 pytestmark = pytest.mark.slow
 
-TRAINED = ("cascade", "panoptic", "semantic", "dconv", "fcos")  # config names that also train a step
+TRAINED = ("cascade", "panoptic", "dconv")  # config names that also train a step
 
 
 def zoo_root():
@@ -259,11 +262,14 @@ def check_config(rel, cfg):
     line = f"{rel}: {n_gn} GN layers, worst relative difference {worst:.1e}"
     if any(word in rel for word in TRAINED) or any("Deform" in type(m).__name__ for m in native.modules()):
         native.train(), fast.train()
+        frozen = count_group_norms(native.backbone) == 0
         losses = {}
         for key, model in (("native", native), ("fast", fast)):
+            if frozen:
+                model.backbone.requires_grad_(False)
             torch.manual_seed(1)
             with EventStorage():
-                loss_dict = model(_inputs(training=True))
+                loss_dict = model(_inputs(training=True, n=1))
             total = sum(loss_dict.values())
             assert torch.isfinite(total), f"{rel} ({key}): non-finite loss {loss_dict}"
             total.backward()
@@ -271,9 +277,11 @@ def check_config(rel, cfg):
         assert losses["fast"].keys() == losses["native"].keys()
         for k, v in losses["native"].items():
             assert losses["fast"][k] == pytest.approx(v, rel=1e-3, abs=1e-6), f"{rel}: {k} {losses}"
-        grads = [(p.grad, q.grad) for p, q in zip(fast.parameters(), native.parameters()) if q.grad is not None]
-        assert grads, f"{rel}: no gradients"
-        line += f"; trained a step ({len(losses['native'])} losses equal to 1e-3)"
+        for name, m in fast.named_modules():
+            if isinstance(m, nn.GroupNorm) and m.weight.requires_grad:
+                assert m.weight.grad is not None and torch.isfinite(m.weight.grad).all(), f"{rel}: {name}"
+        line += (f"; trained a step ({len(losses['native'])} losses equal to 1e-3"
+                 + (", backbone frozen)" if frozen else ")"))
     return line + f"; {time.perf_counter() - t0:.1f} s (build {t_build:.1f}, inference {t_infer:.1f})"
 
 
