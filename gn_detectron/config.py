@@ -17,6 +17,9 @@ def add_gn_config(cfg):
     MODEL.GN.FUSE_ACTIVATION (True): with IMPL "fast", run the ReLU that follows a GN inside the
         GN kernel: in detectron2 ``Conv2d(norm=GN, activation=ReLU)`` layers (FPN-free heads) and,
         with the registered builders, inside the ResNet stem and blocks. Results are unchanged.
+    MODEL.GN.WEIGHT_STANDARDIZATION (False): every convolution that feeds a GN layer standardizes
+        its filters per output channel in its forward pass (GN+WS; mmcv's ConvWS2d convention).
+        Parameters and checkpoints unchanged.
     """
     if "GN" in cfg.MODEL:
         return cfg
@@ -26,4 +29,5 @@ def add_gn_config(cfg):
     cfg.MODEL.GN.CHANNELS_PER_GROUP = 0
     cfg.MODEL.GN.EPS = 1e-5
     cfg.MODEL.GN.FUSE_ACTIVATION = True
+    cfg.MODEL.GN.WEIGHT_STANDARDIZATION = False
     return cfg

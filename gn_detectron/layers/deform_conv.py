@@ -113,8 +113,12 @@ class DeformConv(nn.Module):
         self.bias = None
         nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
 
+    def conv_weight(self) -> torch.Tensor:
+        """The filter the convolution uses (Weight Standardization overrides it)."""
+        return self.weight
+
     def forward(self, x, offset):
-        x = deform_conv(x, offset, self.weight, self.stride, self.padding, self.dilation, self.groups,
+        x = deform_conv(x, offset, self.conv_weight(), self.stride, self.padding, self.dilation, self.groups,
                         self.deformable_groups)
         if self.norm is not None:
             x = self.norm(x)
@@ -152,8 +156,12 @@ class ModulatedDeformConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
 
+    def conv_weight(self) -> torch.Tensor:
+        """The filter the convolution uses (Weight Standardization overrides it)."""
+        return self.weight
+
     def forward(self, x, offset, mask):
-        x = modulated_deform_conv(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
+        x = modulated_deform_conv(x, offset, mask, self.conv_weight(), self.bias, self.stride, self.padding,
                                   self.dilation, self.groups, self.deformable_groups)
         if self.norm is not None:
             x = self.norm(x)

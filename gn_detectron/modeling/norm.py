@@ -36,6 +36,7 @@ class GNSpec:
     channels_per_group: int = 0
     eps: float = 1e-5
     fuse_activation: bool = True
+    weight_standardization: bool = False
 
     def __post_init__(self):
         if self.impl not in GN_IMPLS:
@@ -54,7 +55,8 @@ class GNSpec:
             return cls()
         g = cfg.MODEL.GN
         return cls(impl=g.IMPL, num_groups=g.NUM_GROUPS, channels_per_group=g.CHANNELS_PER_GROUP,
-                   eps=g.EPS, fuse_activation=g.FUSE_ACTIVATION)
+                   eps=g.EPS, fuse_activation=g.FUSE_ACTIVATION,
+                   weight_standardization=g.get("WEIGHT_STANDARDIZATION", False))
 
     def setting(self) -> str:
         if self.channels_per_group > 0:
