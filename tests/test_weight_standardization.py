@@ -160,3 +160,23 @@ def test_gn_ws_configs(schedule):
     assert cfg.MODEL.GN.WEIGHT_STANDARDIZATION is True
     base.MODEL.GN.WEIGHT_STANDARDIZATION = True
     assert cfg.dump() == base.dump()  # the GN recipe plus WS, nothing else
+
+
+def test_inference_reuses_the_standardized_weight_until_the_weight_changes():
+    conv = Conv2d(4, 8, 3, norm=nn.GroupNorm(2, 8))
+    standardize_convolutions(conv)
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        y1 = conv(x)
+        cached = conv.__dict__["_ws_cache"][1]
+        assert conv(x) is not None and conv.__dict__["_ws_cache"][1] is cached  # reused
+        conv.weight.add_(torch.randn_like(conv.weight))  # an in-place change (an optimizer step) invalidates it
+        y2 = conv(x)
+    assert conv.__dict__["_ws_cache"][1] is not cached
+    want = conv.norm(F.conv2d(x, standardize_reference(conv.weight.detach()).float(), conv.bias.detach()))
+    torch.testing.assert_close(y2, want, rtol=1e-5, atol=1e-5)
+    assert (y1 - y2).abs().max() > 1e-3
+    conv.train()
+    y = conv(x)  # with autograd: computed in the graph, gradients reach the stored weight
+    y.square().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

@@ -25,9 +25,23 @@ def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tenso
     """Returns ``weight`` (C_out, ...) with each output channel's filter at zero mean and unit
     (unbiased) standard deviation: (w - mean) / (std + eps). Differentiable; same dtype."""
     flat = weight.reshape(weight.shape[0], -1)
-    mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, keepdim=True)
-    return ((flat - mean) / (std + eps)).reshape(weight.shape)
+    var, mean = torch.var_mean(flat, dim=1, keepdim=True)  # unbiased var: one pass over the filters
+    inv = 1.0 / (var.sqrt() + eps)
+    return torch.addcmul(-mean * inv, flat, inv).reshape(weight.shape)  # (w - mean) * inv, one pass
+
+
+def _standardized_weight(module) -> torch.Tensor:
+    """``module.weight`` standardized; without autograd (inference) computed once per version of
+    the weight and kept, since it only changes when the weight does."""
+    weight = module.weight
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return standardize_weight(weight, module.ws_eps)
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, module.ws_eps)
+    cached = module.__dict__.get("_ws_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, standardize_weight(weight.detach(), module.ws_eps))
+        module.__dict__["_ws_cache"] = cached
+    return cached[1]
 
 
 class _WeightStandardizedConv2d:
@@ -37,7 +51,7 @@ class _WeightStandardizedConv2d:
     ws_eps = WS_EPS
 
     def forward(self, x):
-        x = self._conv_forward(x, standardize_weight(self.weight, self.ws_eps), self.bias)
+        x = self._conv_forward(x, _standardized_weight(self), self.bias)
         norm, activation = getattr(self, "norm", None), getattr(self, "activation", None)
         if norm is not None:
             x = norm(x)
@@ -53,7 +67,7 @@ class _WeightStandardizedDeformConv:
     ws_eps = WS_EPS
 
     def conv_weight(self):
-        return standardize_weight(self.weight, self.ws_eps)
+        return _standardized_weight(self)
 
 
 _MIXINS = ((nn.Conv2d, _WeightStandardizedConv2d), ((DeformConv, ModulatedDeformConv), _WeightStandardizedDeformConv))
