@@ -103,7 +103,7 @@ def build(cfg, impl, device="cpu"):
 
     with torch.device(device):
         model = instantiate(cfg.model)
-    return apply_gn_spec(model, GNSpec(impl=impl)).to(device)
+    return apply_gn_spec(model, GNSpec(impl=impl), regroup=False).to(device)  # the layers' own groups
 
 
 def signature(model):

@@ -25,9 +25,11 @@ def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tenso
     """Returns ``weight`` (C_out, ...) with each output channel's filter at zero mean and unit
     (unbiased) standard deviation: (w - mean) / (std + eps). Differentiable; same dtype."""
     flat = weight.reshape(weight.shape[0], -1)
-    var, mean = torch.var_mean(flat, dim=1, keepdim=True)  # unbiased var: one pass over the filters
-    inv = 1.0 / (var.sqrt() + eps)
-    return torch.addcmul(-mean * inv, flat, inv).reshape(weight.shape)  # (w - mean) * inv, one pass
+    centered = flat - flat.mean(dim=1, keepdim=True)
+    # unbiased std through the 2-norm of the centred filter: measured faster on the CPU, forward and
+    # backward, than torch.std or torch.var_mean
+    std = torch.linalg.vector_norm(centered, dim=1, keepdim=True) / max(flat.shape[1] - 1, 1) ** 0.5
+    return (centered * (1.0 / (std + eps))).reshape(weight.shape)
 
 
 def _standardized_weight(module) -> torch.Tensor:
