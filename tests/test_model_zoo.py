@@ -189,7 +189,9 @@ def _gn_outputs(model):
         if isinstance(m, nn.GroupNorm) or name == "backbone":
             handles.append(m.register_forward_hook(
                 lambda mod, inp, out, name=name: outputs.setdefault(name, []).append(
-                    {k: v.detach() for k, v in out.items()} if isinstance(out, dict) else out.detach())))
+                    # a copy: detectron2's blocks apply F.relu_ to the GN output in place
+                    {k: v.detach().clone() for k, v in out.items()} if isinstance(out, dict)
+                    else out.detach().clone())))
     return outputs, handles
 
 
