@@ -147,7 +147,7 @@ def test_every_zoo_config_builds(zoo):
     assert counts["Misc/panoptic_fpn_R_101_dconv_cascade_gn_3x.yaml"] > 0
 
 
-def _inputs(training, seed=0, n=2, h=64, w=96):
+def _inputs(training, seed=0, n=2, h=64, w=64):
     """Tiny images (BGR, 0-255) with two boxes, their masks and a semantic map each."""
     from detectron2.structures import BitMasks, Boxes, Instances
 
@@ -157,7 +157,7 @@ def _inputs(training, seed=0, n=2, h=64, w=96):
         image = torch.randint(0, 256, (3, h, w), generator=g).float()
         record = {"image": image, "height": h, "width": w}
         if training:
-            boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 90.0, 60.0]])
+            boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 62.0, 60.0]])
             masks = torch.zeros(2, h, w, dtype=torch.bool)
             for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
                 masks[i, y0:y1, x0:x1] = True
