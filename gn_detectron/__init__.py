@@ -7,6 +7,8 @@
 from . import layers, ops
 from .layers import GroupNorm, convert_group_norm
 
+layers.deform_conv.install_into_detectron2()  # deformable convs where detectron2._C is missing
+
 __version__ = "0.1.0"
 __all__ = ["ops", "layers", "GroupNorm", "convert_group_norm", "__version__"]
 

@@ -18,6 +18,9 @@ def add_gn_config(cfg):
     MODEL.GN.FUSE_ACTIVATION (True): with IMPL "fast", run the ReLU that follows a GN inside the
         GN kernel: in detectron2 ``Conv2d(norm=GN, activation=ReLU)`` layers (FPN-free heads) and,
         with the registered builders, inside the ResNet stem and blocks. Results are unchanged.
+    MODEL.GN.WEIGHT_STANDARDIZATION (False): every convolution that feeds a GN layer standardizes
+        its filters per output channel in its forward pass (GN+WS; mmcv's ConvWS2d convention).
+        Parameters and checkpoints unchanged.
     DATASETS.COCO_JSON ([]): datasets in COCO's json format, each ``[name, json_file,
         image_root]``, registered under ``name`` before anything is built
         (:func:`gn_detectron.data.register_coco_json_datasets`); use the names in
@@ -37,4 +40,5 @@ def add_gn_config(cfg):
     cfg.MODEL.GN.CHANNELS_PER_GROUP = 0
     cfg.MODEL.GN.EPS = 1e-5
     cfg.MODEL.GN.FUSE_ACTIVATION = True
+    cfg.MODEL.GN.WEIGHT_STANDARDIZATION = False
     return cfg

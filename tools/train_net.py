@@ -6,9 +6,11 @@
         --num-gpus 8
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file ... --resume         # continue from last_checkpoint
+    python tools/train_net.py --config-file configs/lazy/shapes_mask_rcnn_gn.py train.max_iter=100
 
 Flags are detectron2's (--config-file, --eval-only, --resume, --num-gpus, --num-machines,
---machine-rank, --dist-url) followed by KEY VALUE config overrides. On a machine without GPUs,
+--machine-rank, --dist-url) followed by KEY VALUE config overrides; a LazyConfig (.py) takes
+key=value overrides and trains as detectron2's lazyconfig_train_net.py (gn_detectron.engine.lazy). On a machine without GPUs,
 --num-gpus N trains in N CPU processes (gloo). Under torchrun, the process group comes from
 torchrun and --num-gpus is ignored. Writes metrics.json, TensorBoard events, checkpoints and
 results.json (the COCO AP of the last evaluation) to OUTPUT_DIR.
@@ -28,6 +30,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 
 def main(args):
+    if args.config_file.endswith(".py"):  # a LazyConfig: key=value overrides, train.* keys
+        from gn_detectron.engine.lazy import main as lazy_main
+        return lazy_main(args)
     cfg = setup_cfg(args)
     if args.eval_only:
         model = GNTrainer.build_model(cfg)
