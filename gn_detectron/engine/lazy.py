@@ -28,9 +28,10 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint.checkpointer import GNCheckpointer
+from ..checkpoint.checkpointer import GNCheckpointer, remove_stale_temporaries
 from ..layers import GroupNorm
 from ..modeling import GNSpec, apply_gn_spec
+from .output_dir import lock_output_dir
 from .trainer import write_results
 
 __all__ = ["load_lazy_config", "apply_overrides", "build_lazy_model", "do_test", "do_train", "main"]
@@ -161,14 +162,19 @@ def main(args):
 
     cfg = load_lazy_config(args.config_file, args.opts)
     register_shapes_datasets()
+    if comm.is_main_process() and cfg.train.output_dir:
+        lock_output_dir(cfg.train.output_dir)  # one run per folder, as on the yacs path
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="gn_detectron", abbrev_name="gn")
     if cfg.train.device == "cpu" and not torch.cuda.is_available():
         logging.getLogger("detectron2").info("No GPU found: train.device is 'cpu'")
+    if comm.is_main_process() and cfg.train.output_dir:
+        remove_stale_temporaries(cfg.train.output_dir, logging.getLogger("gn_detectron"))
     if args.eval_only:
         model = build_lazy_model(cfg)
-        GNCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,
-                                                                             resume=args.resume)
+        # refuses a model whose weights did not load (nothing given, nothing fits, NaN weights)
+        GNCheckpointer(model, save_dir=cfg.train.output_dir).load_for_evaluation(
+            cfg.train.init_checkpoint, resume=args.resume)
         return do_test(cfg, create_ddp_model(model))
     do_train(args, cfg)
     return None
