@@ -6,6 +6,7 @@
 """
 from . import layers, ops
 from .layers import GroupNorm, convert_group_norm
+from .export import convert_to_native  # noqa: F401  (also registers the ONNX symbolic)
 
 __version__ = "0.1.0"
 __all__ = ["ops", "layers", "GroupNorm", "convert_group_norm", "__version__"]
