@@ -77,10 +77,11 @@ def tracing_adapter(model: nn.Module, image: Tensor):
 def export_onnx(adapter, image: Tensor, path: str, opset_version: int = 17) -> str:
     """Exports a :func:`tracing_adapter` to ONNX with the TorchScript-based exporter (the graph
     holds standard ONNX ops only; the plugin's GroupNorm is translated by the symbolic that
-    ``import gn_detectron`` registers). Returns ``path``."""
+    ``import gn_detectron`` registers). The input is named "image", its height and width are
+    dynamic. Returns ``path``."""
     with torch.no_grad():
         torch.onnx.export(adapter, (image,), path, dynamo=False, opset_version=opset_version,
-                          input_names=["image"])
+                          input_names=["image"], dynamic_axes={"image": {1: "height", 2: "width"}})
     return path
 
 
