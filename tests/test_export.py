@@ -430,8 +430,11 @@ def test_export_model_tool_onnx(shapes_model, tmp_path):
     diff = export_model.main(["--config-file", CONFIG, "--format", "onnx", "--export-method", "tracing",
                               "--sample-image", str(tmp_path / "sample.png"), "--output", str(tmp_path / "out")]
                              + TINY + ["MODEL.WEIGHTS", str(tmp_path / "model.pth")])
-    assert (tmp_path / "out" / "model.onnx").exists()
-    check_standard_onnx((tmp_path / "out" / "model.onnx").read_bytes())
+    model_bytes = (tmp_path / "out" / "model.onnx").read_bytes()
+    check_standard_onnx(model_bytes)
+    graph = onnx.load_from_string(model_bytes).graph
+    assert [i.name for i in graph.input] == ["image"]
+    assert [o.name for o in graph.output] == ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
     assert diff["count"][0] == diff["count"][1] > 0
     assert diff["boxes_px"] <= 1e-2 and diff["scores"] <= 1e-4 and diff["classes_differ"] == 0, diff
 

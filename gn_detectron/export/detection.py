@@ -21,6 +21,7 @@ __all__ = [
     "ScriptableAdapter",
     "tracing_adapter",
     "export_onnx",
+    "output_names",
     "trace_torchscript",
     "script_torchscript",
     "OnnxRuntimeModel",
@@ -78,11 +79,35 @@ def export_onnx(adapter, image: Tensor, path: str, opset_version: int = 17) -> s
     """Exports a :func:`tracing_adapter` to ONNX with the TorchScript-based exporter (the graph
     holds standard ONNX ops only; the plugin's GroupNorm is translated by the symbolic that
     ``import gn_detectron`` registers). The input is named "image", its height and width are
-    dynamic. Returns ``path``."""
+    dynamic; the outputs are named by :func:`output_names`. Returns ``path``."""
     with torch.no_grad():
+        if adapter.outputs_schema is None:  # known after one run
+            adapter(image)
         torch.onnx.export(adapter, (image,), path, dynamo=False, opset_version=opset_version,
-                          input_names=["image"], dynamic_axes={"image": {1: "height", 2: "width"}})
+                          input_names=["image"], output_names=output_names(adapter.outputs_schema),
+                          dynamic_axes={"image": {1: "height", 2: "width"}})
     return path
+
+
+def output_names(schema) -> List[str]:
+    """Names of a traced adapter's flattened outputs, from its ``outputs_schema``: the
+    ``Instances`` field names (sorted, as detectron2 flattens them) then "image_size", e.g.
+    ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"] for one image of Mask
+    R-CNN; prefixed "<i>." with several images."""
+    from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
+
+    def walk(s, prefix):
+        if isinstance(s, InstancesSchema):
+            return [n for k, sub in zip(s.keys, s.schemas) for n in walk(sub, prefix + k)] + [prefix + "image_size"]
+        if isinstance(s, DictSchema):  # the {"instances": ...} level adds no name
+            return [n for sub in s.schemas for n in walk(sub, prefix)]
+        if isinstance(s, ListSchema):
+            if len(s.schemas) == 1:
+                return walk(s.schemas[0], prefix)
+            return [n for i, sub in enumerate(s.schemas) for n in walk(sub, f"{prefix}{i}.")]
+        return [prefix.rstrip(".") or "output"]
+
+    return walk(schema, "")
 
 
 def trace_torchscript(adapter, image: Tensor, path: str = None):
