@@ -52,17 +52,21 @@ def run_onnx(model_bytes, x):
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
-def export_torchscript_based(module, x, opset):
+def export_torchscript_based(module, x, opset, dynamic_batch=False):
     f = io.BytesIO()
+    dynamic = {"x": {0: "batch"}} if dynamic_batch else None
     with torch.no_grad():
-        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=opset)
+        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=opset, input_names=["x"],
+                          dynamic_axes=dynamic)
     return f.getvalue()
 
 
-def export_dynamo(module, x, opset):
+def export_dynamo(module, x, opset, dynamic_batch=False, group_normalization=False):
+    dynamic = ({0: torch.export.Dim("batch", min=0)},) if dynamic_batch else None
+    table = onnx_translation_table(opset, group_normalization=group_normalization)
     with torch.no_grad():
         program = torch.onnx.export(module, (x,), dynamo=True, opset_version=opset, verbose=False,
-                                    custom_translation_table=onnx_translation_table(opset))
+                                    dynamic_shapes=dynamic, custom_translation_table=table)
     return program.model_proto.SerializeToString()
 
 
@@ -140,6 +144,24 @@ def test_onnx_torchscript_exporter_other_ranks(shape):
 
 
 @needs_extension
+@pytest.mark.parametrize("exporter,opset", [("torchscript", 11), ("torchscript", 17), ("torchscript", 20),
+                                            ("dynamo", 18), ("dynamo", 21)])
+def test_onnx_empty_batch(exporter, opset):
+    """The mask head of an image without detections gets (0, C, 14, 14): the exported graph
+    runs on it (PyTorch's own group_norm symbolic reshapes to (0, G, -1), which ONNX Runtime
+    rejects for an empty tensor)."""
+    gn = make_gn(8, 4, torch.float32, True, True)
+    export = export_torchscript_based if exporter == "torchscript" else export_dynamo
+    model_bytes = export(gn, torch.randn(3, 8, 5, 5), opset, dynamic_batch=True)
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    for n in (0, 2):
+        x = torch.randn(n, 8, 5, 5)
+        (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(y), gn(x), atol=1e-5, rtol=1e-5)
+
+
+@needs_extension
 def test_onnx_half_input_with_float32_parameters():
     """AMP leaves fp32 parameters beside fp16 activations: the graph casts them."""
     class Half(nn.Module):
@@ -169,22 +191,22 @@ def test_onnx_bfloat16_needs_opset_13():
 
 
 @needs_extension
-@pytest.mark.parametrize("opset,dtype,channels_last,affine,relu", [
-    (18, torch.float32, False, True, True),
-    (18, torch.float16, True, True, True),
-    (18, torch.float64, False, True, False),
-    (21, torch.float32, True, False, False),
-    (21, torch.float16, False, True, True),
+@pytest.mark.parametrize("opset,group_normalization,dtype,channels_last,affine,relu", [
+    (18, False, torch.float32, False, True, True),
+    (18, False, torch.float16, True, True, True),
+    (18, False, torch.float64, False, True, False),
+    (21, True, torch.float32, True, False, False),
+    (21, True, torch.float16, False, True, True),
 ])
-def test_onnx_dynamo_exporter_matches_pytorch(opset, dtype, channels_last, affine, relu):
+def test_onnx_dynamo_exporter_matches_pytorch(opset, group_normalization, dtype, channels_last, affine, relu):
     gn = make_gn(12, 3, dtype, affine, relu)
     x = layout(torch.randn(2, 12, 5, 7), channels_last).to(dtype)
-    model_bytes = export_dynamo(gn, x, opset)
+    model_bytes = export_dynamo(gn, x, opset, group_normalization=group_normalization)
     ops = check_standard_onnx(model_bytes)
     assert ("Relu" in ops) == relu
     if dtype != torch.float64:
-        assert ("GroupNormalization" in ops) == (opset >= 21)
-        assert ("InstanceNormalization" in ops) == (opset < 21)
+        assert ("GroupNormalization" in ops) == group_normalization
+        assert ("InstanceNormalization" in ops) == (not group_normalization)
     check_against_pytorch_and_reference(run_onnx(model_bytes, x), gn, x)
 
 
@@ -192,6 +214,8 @@ def test_onnx_dynamo_exporter_matches_pytorch(opset, dtype, channels_last, affin
 def test_onnx_dynamo_translation_table_rejects_old_opsets():
     with pytest.raises(ValueError, match="dynamo=False"):
         onnx_translation_table(17)
+    with pytest.raises(ValueError, match="opset 21 and later"):
+        onnx_translation_table(20, group_normalization=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -387,7 +411,7 @@ def test_native_torchscript_loads_without_gn_detectron(shapes_model, traced_file
 @pytest.mark.slow
 def test_shapes_backbone_dynamo_export(shapes_model):
     """torch.export handles the backbone (not the whole Mask R-CNN: detectron2's data-dependent
-    shapes): its FPN features through the dynamo exporter, GroupNormalization of opset 21."""
+    shapes): its FPN features through the dynamo exporter, as GroupNormalization of opset 21."""
     _, model, image, _ = shapes_model
     x = ((image - model.pixel_mean) / model.pixel_std)[None]
 
@@ -401,7 +425,7 @@ def test_shapes_backbone_dynamo_export(shapes_model):
             return tuple(features[k] for k in sorted(features))
 
     module = Backbone(model.backbone).eval()
-    model_bytes = export_dynamo(module, x, 21)
+    model_bytes = export_dynamo(module, x, 21, group_normalization=True)
     ops = check_standard_onnx(model_bytes)
     assert "GroupNormalization" in ops and "Relu" in ops
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])

@@ -8,11 +8,16 @@ GroupNorm passes :func:`onnx_translation_table`::
     torch.onnx.export(model, args, dynamo=True, opset_version=18,
                       custom_translation_table=gn_detectron.export.onnx_translation_table(18))
 
-Two translations, chosen by the target opset:
-- opset 21 and later: ``GroupNormalization`` of opset 21 (per-channel scale and bias; opset
-  18's version takes per-group ones and must not be used), ``stash_type`` float32;
-- opsets 18 to 20: the ``InstanceNormalization`` decomposition (reshape to (N, G, -1),
-  normalize, reshape back, per-channel ``Mul`` / ``Add``).
+
+Two translations:
+- by default, for every opset: the ``InstanceNormalization`` decomposition (reshape to
+  (N, G, M), normalize, reshape back, per-channel ``Mul`` / ``Add``), as PyTorch's own
+  ``group_norm`` translation does;
+- with ``group_normalization=True`` (opset 21 and later): ``GroupNormalization`` of opset 21
+  (per-channel scale and bias; opset 18's version takes per-group ones and must not be used),
+  ``stash_type`` float32, one node for runtimes with a GroupNormalization kernel. Not the
+  default: ONNX Runtime 1.32 runs it through the ONNX function body, whose reshape to
+  (N, G, -1) fails on empty batches (N = 0, the mask head of an image without detections).
 Both compute in float32 for float16 / bfloat16 input (as the kernels do) and end with ``Relu``
 for the fused activation. float64 input is normalized with ``ReduceMean`` / ``Sub`` / ``Mul``
 (ONNX Runtime has neither float64 kernel). The op's mean and rstd outputs ((N, G)) are in the
@@ -45,6 +50,13 @@ def _translations():
         rstd = op.Reciprocal(op.Sqrt(op.Add(var, op.Constant(value=ir.tensor([eps], dtype=ctype)))))
         return mean, centered, rstd
 
+    def grouped_shape(input, num_groups):
+        """(N, G, M) with every size computed: Reshape cannot infer a -1 of an empty tensor,
+        and empty batches are normal (the mask head of an image without detections)."""
+        groups = op.Constant(value_ints=[num_groups])
+        per_sample = op.ReduceProd(op.Shape(input, start=1), keepdims=1)
+        return op.Concat(op.Shape(input, start=0, end=1), groups, op.Div(per_sample, groups), axis=0)
+
     def channel_param(param, ctype, rank):
         """(C,) -> (C, 1, ..., 1) in the compute type."""
         return op.Reshape(op.Cast(param, to=ctype), op.Constant(value_ints=[-1] + [1] * (rank - 2)))
@@ -54,7 +66,7 @@ def _translations():
             out = op.Relu(out)
         if input.dtype != ctype:
             out = op.Cast(out, to=input.dtype)
-        stats_shape = op.Constant(value_ints=[-1, num_groups])
+        stats_shape = op.Concat(op.Shape(input, start=0, end=1), op.Constant(value_ints=[num_groups]), axis=0)
         return out, op.Reshape(mean, stats_shape), op.Reshape(rstd, stats_shape)
 
     def group_norm_fwd_instance_norm(input: TensorType, num_groups: int, weight: Optional[TensorType] = None,
@@ -63,7 +75,7 @@ def _translations():
         ctype = compute_type(input.dtype)
         rank = len(input.shape)
         x = op.Cast(input, to=ctype) if input.dtype != ctype else input
-        grouped = op.Reshape(x, op.Constant(value_ints=[0, num_groups, -1]))
+        grouped = op.Reshape(x, grouped_shape(input, num_groups))
         mean, centered, rstd = statistics(grouped, eps, ctype)
         if ctype == ir.DataType.FLOAT:
             ones = op.Constant(value=ir.tensor([1.0] * num_groups, dtype=ctype))
@@ -92,18 +104,19 @@ def _translations():
         shift = op.Cast(bias, to=ctype) if bias is not None else op.Expand(
             op.Constant(value=ir.tensor([0.0], dtype=ctype)), channels)
         out = op21.GroupNormalization(x, scale, shift, epsilon=eps, num_groups=num_groups, stash_type=1)
-        grouped = op.Reshape(x, op.Constant(value_ints=[0, num_groups, -1]))
+        grouped = op.Reshape(x, grouped_shape(input, num_groups))
         mean, _, rstd = statistics(grouped, eps, ctype)
         return finish(out, input, num_groups, mean, rstd, relu, ctype)
 
     return group_norm_fwd_instance_norm, group_norm_fwd_group_normalization
 
 
-def onnx_translation_table(opset_version: int = 18) -> dict:
+def onnx_translation_table(opset_version: int = 18, group_normalization: bool = False) -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True,
-    opset_version=opset_version)`` that translates ``torch.ops.gn_detectron.group_norm_fwd``:
-    to ``GroupNormalization`` for ``opset_version`` >= 21, else to the ``InstanceNormalization``
-    decomposition. Needs onnxscript and the compiled extension (the op must exist)."""
+    opset_version=opset_version)`` that translates ``torch.ops.gn_detectron.group_norm_fwd``
+    to the ``InstanceNormalization`` decomposition, or with ``group_normalization`` (needs
+    ``opset_version`` >= 21) to ``GroupNormalization``. Needs onnxscript and the compiled
+    extension (the op must exist)."""
     import torch
 
     from ..ops._extension import load_extension
@@ -114,6 +127,9 @@ def onnx_translation_table(opset_version: int = 18) -> dict:
     if opset_version < 18:
         raise ValueError(f"the dynamo-based ONNX exporter builds graphs of opset 18 and up, got "
                          f"opset_version={opset_version}; for opsets 11-17 use dynamo=False")
-    instance_norm, group_normalization = _translations()
-    fn = group_normalization if opset_version >= GROUP_NORMALIZATION_OPSET else instance_norm
+    if group_normalization and opset_version < GROUP_NORMALIZATION_OPSET:
+        raise ValueError(f"GroupNormalization with per-channel scale and bias is in opset "
+                         f"{GROUP_NORMALIZATION_OPSET} and later, got opset_version={opset_version}")
+    instance_norm, group_norm = _translations()
+    fn = group_norm if group_normalization else instance_norm
     return {torch.ops.gn_detectron.group_norm_fwd.default: fn}

@@ -2,13 +2,15 @@
 (``torch.onnx.export(..., dynamo=False)``), opsets 11 to 20, standard ONNX ops only.
 
 The graph is the decomposition PyTorch's own ``aten::group_norm`` symbolic uses: reshape to
-(N, G, -1), ``InstanceNormalization`` with unit scale and zero bias, reshape back, then the
+(N, G, M), ``InstanceNormalization`` with unit scale and zero bias, reshape back, then the
 per-channel affine as ``Mul`` / ``Add`` and the fused activation as ``Relu``. Unlike PyTorch's,
 it computes in float32 for float16 / bfloat16 input (``Cast`` in and out), as the kernels do, so
 that float32 parameters with half input (AMP) export too; float64 input is normalized with
 ``ReduceMean`` / ``Sub`` / ``Mul`` (ONNX Runtime has no float64 ``InstanceNormalization``). The
 op's other two outputs, mean and rstd of shape (N, G) in float32 (float64 for float64 input), are
-in the graph too; inference graphs do not use them and the exporter drops them.
+in the graph too; inference graphs do not use them and the exporter drops them. Unlike
+PyTorch's symbolic (which reshapes to (0, G, -1)), the target shape is computed from the
+input's, so that empty batches (N = 0) run in ONNX Runtime.
 """
 import torch
 from torch.onnx import symbolic_helper
@@ -37,7 +39,8 @@ def _reduce_mean_last(g, x):
 
 def _channel_param(g, param, compute_onnx_type, rank):
     """A (C,) parameter as (C, 1, ..., 1) in the compute type, to broadcast over (N, C, *)."""
-    param = g.op("Cast", param, to_i=compute_onnx_type)
+    if _ONNX_TYPES.get(param.type().scalarType()) != compute_onnx_type:
+        param = g.op("Cast", param, to_i=compute_onnx_type)
     return symbolic_helper._reshape_helper(g, param, _const(g, [-1] + [1] * (rank - 2), torch.int64))
 
 
@@ -63,7 +66,14 @@ def group_norm_fwd_symbolic(g, input, num_groups, weight, bias, eps, relu):
         raise ValueError("gn_detectron::group_norm_fwd: ONNX casts bfloat16 from opset 13 on; export with "
                          f"opset_version >= 13 (got {g.opset}) or convert the model to float32")
     x = g.op("Cast", input, to_i=compute_type) if input_type != compute_type else input
-    grouped = symbolic_helper._reshape_helper(g, x, _const(g, [0, num_groups, -1], torch.int64))
+    # (N, G, M) with every size computed, not 0 / -1: Reshape cannot infer a -1 of an empty
+    # tensor, and empty batches are normal (the mask head of an image without detections).
+    shape = g.op("Shape", input)
+    batch = g.op("Slice", shape, _const(g, [0], torch.int64), _const(g, [1], torch.int64))
+    per_sample = g.op("ReduceProd", g.op("Slice", shape, _const(g, [1], torch.int64),
+                                         _const(g, [rank], torch.int64)), keepdims_i=1)
+    groups = _const(g, [num_groups], torch.int64)
+    grouped = g.op("Reshape", x, g.op("Concat", batch, groups, g.op("Div", per_sample, groups), axis_i=0))
     # mean and rstd of each (sample, group), kept as (N, G, 1).
     mean = _reduce_mean_last(g, grouped)
     centered = g.op("Sub", grouped, mean)
@@ -74,7 +84,7 @@ def group_norm_fwd_symbolic(g, input, num_groups, weight, bias, eps, relu):
                           _const(g, [0.0] * num_groups, compute_dtype), epsilon_f=eps)
     else:  # float64: ONNX Runtime has no float64 InstanceNormalization kernel
         normalized = g.op("Mul", centered, rstd)
-    out = symbolic_helper._reshape_helper(g, normalized, g.op("Shape", input))
+    out = g.op("Reshape", normalized, shape)
     if not symbolic_helper._is_none(weight):
         out = g.op("Mul", out, _channel_param(g, weight, compute_type, rank))
     if not symbolic_helper._is_none(bias):
@@ -85,9 +95,9 @@ def group_norm_fwd_symbolic(g, input, num_groups, weight, bias, eps, relu):
         out = g.op("Cast", out, to_i=input_type)
 
     # The op's mean and rstd outputs: (N, G), float32 (float64 for float64 input).
-    stats_shape = _const(g, [-1, num_groups], torch.int64)
-    mean = symbolic_helper._reshape_helper(g, mean, stats_shape)
-    rstd = symbolic_helper._reshape_helper(g, rstd, stats_shape)
+    stats_shape = g.op("Concat", batch, groups, axis_i=0)
+    mean = g.op("Reshape", mean, stats_shape)
+    rstd = g.op("Reshape", rstd, stats_shape)
     return out, mean, rstd
 
 
