@@ -463,7 +463,7 @@ def test_export_model_tool_onnx(shapes_model, tmp_path):
     assert diff["boxes_px"] <= 1e-2 and diff["scores"] <= 1e-4 and diff["classes_differ"] == 0, diff
 
 
-def test_export_model_tool_rejects_scripting_to_onnx(capsys):
+def test_export_model_tool_rejects_bad_flag_combinations(capsys):
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     try:
         import export_model
@@ -473,6 +473,9 @@ def test_export_model_tool_rejects_scripting_to_onnx(capsys):
         export_model.parse_args(["--config-file", CONFIG, "--format", "onnx", "--export-method", "scripting",
                                  "--output", "x"])
     assert "use --format torchscript" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_model.parse_args(["--config-file", CONFIG, "--format", "onnx", "--native", "--output", "x"])
+    assert "--native is for TorchScript files" in capsys.readouterr().err
 
 
 def test_package_exports_convert_to_native():

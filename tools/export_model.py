@@ -61,6 +61,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.export_method == "scripting" and args.format != "torchscript":
         parser.error("--export-method scripting exports TorchScript only: use --format torchscript")
+    if args.native and args.format != "torchscript":
+        parser.error("--native is for TorchScript files: an ONNX file never needs gn_detectron, and PyTorch's "
+                     "own GroupNorm export fails on images without detections; drop --native")
     if not args.config_file:
         parser.error("--config-file is required")
     if not 11 <= args.opset <= 20:
