@@ -145,7 +145,7 @@ def test_onnx_torchscript_exporter_other_ranks(shape):
 
 @needs_extension
 @pytest.mark.parametrize("exporter,opset", [("torchscript", 11), ("torchscript", 17), ("torchscript", 20),
-                                            ("dynamo", 18), ("dynamo", 21)])
+                                            pytest.param("dynamo", 18, marks=pytest.mark.slow)])
 def test_onnx_empty_batch(exporter, opset):
     """The mask head of an image without detections gets (0, C, 14, 14): the exported graph
     runs on it (PyTorch's own group_norm symbolic reshapes to (0, G, -1), which ONNX Runtime
@@ -191,6 +191,7 @@ def test_onnx_bfloat16_needs_opset_13():
 
 
 @needs_extension
+@pytest.mark.slow
 @pytest.mark.parametrize("opset,group_normalization,dtype,channels_last,affine,relu", [
     (18, False, torch.float32, False, True, True),
     (18, False, torch.float16, True, True, True),
