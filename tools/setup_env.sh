@@ -32,12 +32,12 @@ if ! "$VPY" -c "import torch, torchvision, sys; sys.exit(0 if torch.__version__.
 fi
 
 # detectron2's dependencies (installer does not install them) and the project's tools.
-if ! "$VPY" -c "import fvcore, iopath, pycocotools, yacs, omegaconf, hydra, termcolor, tabulate, cloudpickle, tqdm, matplotlib, tensorboard, PIL, cv2, packaging, pytest, ninja, installer, safetensors, timm, faster_coco_eval" 2>/dev/null; then
+if ! "$VPY" -c "import fvcore, iopath, pycocotools, yacs, omegaconf, hydra, termcolor, tabulate, cloudpickle, tqdm, matplotlib, tensorboard, PIL, cv2, packaging, pytest, ninja, installer, safetensors, timm, faster_coco_eval, onnx, onnxscript, onnxruntime" 2>/dev/null; then
   log "installing detectron2's dependencies and the test tools"
   pip_install "setuptools<81" wheel ninja installer pytest \
     fvcore iopath pycocotools yacs "omegaconf>=2.1,<2.4" hydra-core termcolor tabulate \
     cloudpickle tqdm matplotlib tensorboard Pillow opencv-python-headless packaging \
-    safetensors timm faster-coco-eval
+    safetensors timm faster-coco-eval onnx onnxscript onnxruntime
 fi
 
 if ! "$VPY" -c "import detectron2.modeling, detectron2.model_zoo" 2>/dev/null; then
