@@ -18,6 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Known third-party warnings filtered from here on, in the worker processes too (0 shows them).
+os.environ.setdefault("GN_DETECTRON_FILTER_WARNINGS", "1")
+from gn_detectron.utils import require_detectron2  # noqa: E402
+
+require_detectron2("tools/train_net.py")
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from gn_detectron.engine import GNTrainer, launch, setup_cfg  # noqa: E402
