@@ -17,7 +17,14 @@ def add_gn_config(cfg):
     MODEL.GN.FUSE_ACTIVATION (True): with IMPL "fast", run the ReLU that follows a GN inside the
         GN kernel: in detectron2 ``Conv2d(norm=GN, activation=ReLU)`` layers (FPN-free heads) and,
         with the registered builders, inside the ResNet stem and blocks. Results are unchanged.
+
+    Also ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` (-1): how many periodic checkpoints (``model_*.pth``) of
+        a run ``GNTrainer`` keeps besides ``model_final.pth`` once training ends; -1 keeps all
+        (detectron2's behaviour), 0 only ``model_final.pth``. The latest one stays while training
+        runs, for ``--resume``.
     """
+    if "CHECKPOINT_MAX_TO_KEEP" not in cfg.SOLVER:
+        cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = -1
     if "GN" in cfg.MODEL:
         return cfg
     cfg.MODEL.GN = CN()

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 import types
+import warnings
 
 import pytest
 
@@ -196,3 +197,230 @@ def test_installed_package_runs_the_op(installed):
     """)
     proc, _ = run([installed.python, "-c", script], clean_env(), installed.root, 300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast: the build plan, the import, the entry points' behaviour
+# ---------------------------------------------------------------------------------------------
+def load_setup_py():
+    spec = importlib.util.spec_from_file_location("gn_detectron_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # setup() runs only as __main__
+    return module
+
+
+def fake_torch(gpu, cuda="13.0"):
+    return types.SimpleNamespace(__version__="2.14.1", cuda=types.SimpleNamespace(is_available=lambda: gpu),
+                                 version=types.SimpleNamespace(cuda=cuda))
+
+
+def fake_toolkit(root):
+    os.makedirs(os.path.join(root, "bin"))
+    os.makedirs(os.path.join(root, "include"))
+    open(os.path.join(root, "bin", "nvcc"), "w").close()
+    open(os.path.join(root, "include", "cuda_runtime.h"), "w").close()
+    return str(root)
+
+
+def test_cuda_kernels_follow_detectron2_convention(tmp_path, monkeypatch):
+    setup_py = load_setup_py()
+    home = fake_toolkit(tmp_path / "cuda")
+    monkeypatch.setenv("CUDA_HOME", home)
+    plan = setup_py.cuda_build_plan
+    # no GPU: skipped unless FORCE_CUDA=1, with the reason
+    assert plan(fake_torch(gpu=False), {})[0] is None
+    assert "FORCE_CUDA" in plan(fake_torch(gpu=False), {})[1]
+    assert plan(fake_torch(gpu=False), {"FORCE_CUDA": "1"}) == (home, f"FORCE_CUDA=1; CUDA toolkit {home}")
+    assert plan(fake_torch(gpu=True), {})[0] == home
+    # GN_DETECTRON_CPU_ONLY wins; a torch without CUDA builds no CUDA kernels
+    assert plan(fake_torch(gpu=True), {"GN_DETECTRON_CPU_ONLY": "1", "FORCE_CUDA": "1"})[0] is None
+    assert plan(fake_torch(gpu=True, cuda=None), {})[0] is None
+    with pytest.raises(SystemExit, match="build without CUDA"):
+        plan(fake_torch(gpu=False, cuda=None), {"FORCE_CUDA": "1"})
+    # FORCE_CUDA=1 without a toolkit fails at once, naming CUDA_HOME
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match="CUDA_HOME"):
+        plan(fake_torch(gpu=False), {"FORCE_CUDA": "1"})
+
+
+def test_cuda_toolkit_is_not_taken_from_a_wrapper_script(tmp_path, monkeypatch):
+    """A ``nvcc`` wrapper in /usr/local/bin made torch guess /usr/local as the toolkit root (and
+    the link fail with ``cannot find -lcudart``): the root must hold the toolkit's headers."""
+    setup_py = load_setup_py()
+    wrapper_bin = tmp_path / "local" / "bin"
+    wrapper_bin.mkdir(parents=True)
+    (wrapper_bin / "nvcc").write_text("#!/bin/sh\nexec /elsewhere/nvcc \"$@\"\n")
+    (wrapper_bin / "nvcc").chmod(0o755)
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", str(wrapper_bin))
+    found = setup_py.find_cuda_toolkit()
+    assert found != str(tmp_path / "local")
+    assert found is None or setup_py.is_cuda_toolkit(found)
+    monkeypatch.setenv("CUDA_HOME", "/opt/my-cuda")
+    assert setup_py.find_cuda_toolkit() == "/opt/my-cuda"  # an explicit CUDA_HOME is taken as given
+
+
+def python_in_checkout(script, **env):
+    """Runs ``script`` with this environment's python and this checkout first on the path."""
+    full_env = clean_env(PYTHONPATH=ROOT, **env)
+    full_env.pop("PYTHONWARNINGS", None)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=full_env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_import_registers_builders_and_datasets_only():
+    pytest.importorskip("detectron2")
+    proc = python_in_checkout("""
+        import sys
+        import gn_detectron
+        from detectron2.data import DatasetCatalog
+        from detectron2.modeling import BACKBONE_REGISTRY
+        from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
+        assert gn_detectron.__file__.startswith(%r), gn_detectron.__file__
+        for registry, name in ((BACKBONE_REGISTRY, "build_gn_resnet_fpn_backbone"),
+                               (BACKBONE_REGISTRY, "build_gn_resnet_backbone"),
+                               (ROI_BOX_HEAD_REGISTRY, "GNFastRCNNConvFCHead"),
+                               (ROI_MASK_HEAD_REGISTRY, "GNMaskRCNNConvUpsampleHead")):
+            registry.get(name)
+        assert {"shapes_train", "shapes_val", "shapes_train_tiny"} <= set(DatasetCatalog.list())
+        heavy = [m for m in ("gn_detectron.engine", "gn_detectron.checkpoint", "detectron2.engine",
+                             "detectron2.evaluation", "detectron2.model_zoo", "matplotlib") if m in sys.modules]
+        assert not heavy, heavy
+        print("OK")
+    """ % ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stdout + proc.stderr
+
+
+def test_without_detectron2_the_op_works_and_the_integration_says_how_to_get_it():
+    proc = python_in_checkout("""
+        import sys
+        sys.modules["detectron2"] = None  # as if not installed
+        import torch
+        import gn_detectron
+        x = torch.randn(2, 8, 4, 4)
+        y = gn_detectron.ops.group_norm(x, 2)
+        assert torch.allclose(y, torch.nn.functional.group_norm(x, 2), atol=1e-5)
+        for attempt in (lambda: __import__("gn_detectron.modeling"), lambda: gn_detectron.add_gn_config):
+            try:
+                attempt()
+            except ModuleNotFoundError as e:
+                assert e.name == "detectron2"
+                assert "not on PyPI" in str(e) and "tools/setup_env.sh --detectron2-only" in str(e), str(e)
+            else:
+                raise AssertionError("no error without detectron2")
+        print("OK")
+    """)
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stdout + proc.stderr
+
+
+def test_known_third_party_warnings_are_filtered_and_no_others():
+    import torch
+
+    from gn_detectron.utils.warnings import filter_third_party_warnings
+
+    def square(x):
+        return x * x
+
+    with warnings.catch_warnings(record=True) as before:
+        warnings.simplefilter("always")
+        torch.jit.script(square)
+    assert any("torch.jit.script` is deprecated" in str(w.message) for w in before)  # can fail
+    with warnings.catch_warnings(record=True) as after:
+        warnings.simplefilter("always")
+        filter_third_party_warnings()
+        torch.jit.script(square)
+        warnings.warn("gn_detectron: a warning of our own")
+        warnings.warn("some other library's warning", UserWarning)
+        warnings.warn("`torch.jit.script` is deprecated, says someone else", FutureWarning)
+    messages = [str(w.message) for w in after]
+    assert messages == ["gn_detectron: a warning of our own", "some other library's warning",
+                        "`torch.jit.script` is deprecated, says someone else"], messages
+
+
+def test_tools_filter_warnings_from_the_first_import():
+    """The tools set GN_DETECTRON_FILTER_WARNINGS=1 before ``import gn_detectron``, whose
+    import of detectron2 issues the first known warnings."""
+    pytest.importorskip("detectron2")
+    proc = python_in_checkout("""
+        import warnings
+        import gn_detectron
+        warnings.warn("gn_detectron: a warning of our own")
+    """, GN_DETECTRON_FILTER_WARNINGS="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "a warning of our own" in proc.stderr and "deprecated" not in proc.stderr, proc.stderr
+
+
+def test_build_model_falls_back_to_the_cpu_with_one_log_line(caplog):
+    pytest.importorskip("detectron2")
+    import torch
+    from detectron2.config import get_cfg
+
+    import gn_detectron
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: nothing to fall back from")
+    cfg = get_cfg()
+    gn_detectron.add_gn_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "shapes", "mask_rcnn_gn.yaml"))
+    assert cfg.MODEL.DEVICE == "cuda"
+    cfg.freeze()
+    with caplog.at_level("INFO"):
+        model = gn_detectron.build_model(cfg)
+    assert model.device.type == "cpu" and cfg.MODEL.DEVICE == "cuda"
+    lines = [r.getMessage() for r in caplog.records if "no GPU found" in r.getMessage()]
+    assert len(lines) == 1, lines
+
+
+def test_cpu_threads_per_process(monkeypatch):
+    pytest.importorskip("detectron2")
+    launch_module = importlib.import_module("gn_detectron.engine.launch")
+
+    monkeypatch.setattr(launch_module, "available_cores", lambda: 8)
+    assert launch_module.cpu_threads_per_process(2, {})[0] == 4
+    assert launch_module.cpu_threads_per_process(3, {})[0] == 2
+    assert launch_module.cpu_threads_per_process(16, {})[0] == 1
+    threads, reason = launch_module.cpu_threads_per_process(2, {"OMP_NUM_THREADS": "3"})
+    assert threads == 3 and "OMP_NUM_THREADS=3" in reason
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+        launch_module.cpu_threads_per_process(2, {"OMP_NUM_THREADS": "many"})
+
+
+@pytest.mark.parametrize("max_to_keep,expected", [
+    (0, ["model_final.pth"]),
+    (1, ["model_0000005.pth", "model_final.pth"]),
+    (-1, ["model_0000002.pth", "model_0000005.pth", "model_final.pth"]),
+])
+def test_periodic_checkpointer_keeps_what_is_asked(tmp_path, max_to_keep, expected):
+    pytest.importorskip("detectron2")
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import hooks
+
+    from gn_detectron.engine.hooks import keep_periodic_checkpoints
+
+    checkpointer = DetectionCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    (hook,) = keep_periodic_checkpoints([hooks.PeriodicCheckpointer(checkpointer, 3)], max_to_keep)
+    hook.trainer = types.SimpleNamespace(max_iter=7, iter=0)
+    hook.before_train()
+    seen = []
+    for it in range(7):
+        hook.trainer.iter = it
+        hook.after_step()
+        seen.append(sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")))
+    assert seen[5][-1] == "model_0000005.pth"  # while training, the latest one is there to resume from
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == expected
+    assert open(tmp_path / "last_checkpoint").read().strip() == "model_final.pth"
+
+
+def test_shapes_config_keeps_only_the_final_checkpoint():
+    pytest.importorskip("detectron2")
+    from detectron2.config import get_cfg
+
+    import gn_detectron
+
+    cfg = get_cfg()
+    gn_detectron.add_gn_config(cfg)
+    assert cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP == -1  # detectron2's behaviour by default
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "shapes", "mask_rcnn_gn.yaml"))
+    assert cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP == 0

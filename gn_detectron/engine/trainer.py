@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint.checkpointer import GNCheckpointer
 from ..modeling import build_model
+from .hooks import keep_periodic_checkpoints
 
 __all__ = ["GNTrainer", "create_ddp_model"]
 
@@ -71,6 +72,11 @@ class GNTrainer(DefaultTrainer):
             raise FloatingPointError(
                 f"Training diverged at iteration {self.iter}: {e}\nLast logged loss terms: {terms}. "
                 "Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS, or enable SOLVER.CLIP_GRADIENTS.") from e
+
+    def build_hooks(self):
+        """detectron2's hooks; the periodic checkpointer keeps ``SOLVER.CHECKPOINT_MAX_TO_KEEP``."""
+        return keep_periodic_checkpoints(super().build_hooks(),
+                                         self.cfg.SOLVER.get("CHECKPOINT_MAX_TO_KEEP", -1))
 
     @classmethod
     def build_model(cls, cfg):

@@ -23,7 +23,7 @@ gn_detectron.ops and gn_detectron.layers work without detectron2."""
 
 def detectron2_available() -> bool:
     """Whether ``detectron2`` can be found on the path (without importing it)."""
-    return "detectron2" in sys.modules or importlib.util.find_spec("detectron2") is not None
+    return importlib.util.find_spec("detectron2") is not None  # uses sys.modules when imported
 
 
 def require_detectron2(what: str = "gn_detectron's detectron2 integration") -> None:

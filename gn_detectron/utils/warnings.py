@@ -44,21 +44,16 @@ class _DropKnownRecords(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
-_installed = False
-
-
 def filter_third_party_warnings() -> None:
     """Ignores the warnings of ``KNOWN_THIRD_PARTY_WARNINGS`` and drops the log records of
-    ``KNOWN_THIRD_PARTY_LOG_RECORDS``, for this process and the processes it spawns after
-    importing the calling module. Idempotent."""
-    global _installed
-    if _installed:
-        return
-    _installed = True
+    ``KNOWN_THIRD_PARTY_LOG_RECORDS`` in this process. Idempotent (``warnings.filterwarnings``
+    replaces an identical filter; the log filter is added once)."""
     for category, message, module, _why in KNOWN_THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
     by_logger = {}
     for name, prefix in KNOWN_THIRD_PARTY_LOG_RECORDS:
         by_logger.setdefault(name, []).append(prefix)
     for name, prefixes in by_logger.items():
-        logging.getLogger(name).addFilter(_DropKnownRecords(prefixes))
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownRecords) for f in logger.filters):
+            logger.addFilter(_DropKnownRecords(prefixes))
