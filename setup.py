@@ -125,9 +125,11 @@ def cpu_arch_flags():
 
 def extensions(torch):
     home, reason = cuda_build_plan(torch)
-    if home is not None:
-        # torch.utils.cpp_extension fixes its CUDA root when first imported: set it before.
-        os.environ["CUDA_HOME"] = home
+    # torch.utils.cpp_extension fixes its CUDA root when first imported: set it before (also when
+    # the CUDA kernels are skipped, so that torch reports the right root rather than a guess).
+    toolkit = home or find_cuda_toolkit()
+    if toolkit and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = toolkit
     from torch.utils import cpp_extension
 
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))

@@ -44,7 +44,7 @@ install_detectron2() {
     --python-version 3.10 --implementation cp sal-detectron2==0.7.2 -d "$tmp"
   "$VPY" -m installer "$tmp"/sal_detectron2-0.7.2-*.whl
   rm -rf "$tmp"
-  "$VPY" -c "import detectron2.modeling, detectron2.model_zoo"
+  "$VPY" -W ignore -c "import detectron2.modeling, detectron2.model_zoo"
 }
 
 if [ "${1:-}" = "--detectron2-only" ]; then

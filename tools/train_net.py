@@ -4,7 +4,7 @@
     python tools/train_net.py                                   # the built-in shapes dataset
     python tools/train_net.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_gn.yaml \
         --num-gpus 8
-    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --eval-only MODEL.WEIGHTS output/shapes_mask_rcnn_gn/model_final.pth
     python tools/train_net.py --config-file ... --resume         # continue from last_checkpoint
 
 Flags are detectron2's (--config-file, --eval-only, --resume, --num-gpus, --num-machines,

@@ -32,6 +32,8 @@ KNOWN_THIRD_PARTY_LOG_RECORDS = (
     # torch.utils.cpp_extension, imported by detectron2's environment report on a machine without a
     # GPU, guesses a CUDA root; gn_detectron compiles nothing at run time.
     ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    # detectron2 asks torch.fx.is_fx_tracing() in its layers; torch advises another function.
+    ("torch.fx._symbolic_trace", "is_fx_tracing will return true"),
 )
 
 
