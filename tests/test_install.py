@@ -269,6 +269,7 @@ def python_in_checkout(script, **env):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and detectron2
 def test_import_registers_builders_and_datasets_only():
     pytest.importorskip("detectron2")
     proc = python_in_checkout("""
@@ -338,6 +339,7 @@ def test_known_third_party_warnings_are_filtered_and_no_others():
                         "`torch.jit.script` is deprecated, says someone else"], messages
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and detectron2
 def test_tools_filter_warnings_from_the_first_import():
     """The tools set GN_DETECTRON_FILTER_WARNINGS=1 before ``import gn_detectron``, whose
     import of detectron2 issues the first known warnings."""
