@@ -36,7 +36,13 @@ install_detectron2() {
   fi
   if ! "$VPY" -c "import $D2_DEPS_IMPORTS, installer" 2>/dev/null; then
     log "installing detectron2's dependencies"
-    pip_install "${D2_DEPS[@]}" installer
+    # an OpenCV that is there already (opencv-python, ...) is not doubled by the headless one
+    local has_cv2=0 deps=() dep
+    "$VPY" -c "import cv2" 2>/dev/null && has_cv2=1
+    for dep in "${D2_DEPS[@]}"; do
+      [ "$dep" = opencv-python-headless ] && [ $has_cv2 = 1 ] || deps+=("$dep")
+    done
+    pip_install "${deps[@]}" installer
   fi
   log "installing detectron2 (sal-detectron2 0.7.2 wheel through installer)"
   tmp=$(mktemp -d)
