@@ -98,4 +98,4 @@ if [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ] && [ "${GN_DETECTRON_
 fi
 log "building the gn_detectron extension (CUDA_HOME=${CUDA_HOME:-none}, FORCE_CUDA=${FORCE_CUDA:-0})"
 "$VPY" setup.py -q build_ext --inplace 2>&1 | grep -v -E '^(copying|running)' || { echo "[setup] extension build failed" >&2; exit 1; }
-"$VPY" -c "import gn_detectron.ops as o; print('[setup]', o.backend_info()['extension'])"
+GN_DETECTRON_FILTER_WARNINGS=1 "$VPY" -c "import gn_detectron.ops as o; print('[setup]', o.backend_info()['extension'])"
