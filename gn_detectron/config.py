@@ -27,11 +27,17 @@ def add_gn_config(cfg):
         DATASETS.TRAIN / DATASETS.TEST.
     TEST.COCO_EVAL_BACKEND ("faster_coco_eval"): what computes COCO AP: "faster_coco_eval" (the
         faster-coco-eval package, C++; same AP) or "pycocotools" (the official Python code).
+    SOLVER.CHECKPOINT_MAX_TO_KEEP (-1): how many periodic checkpoints (``model_*.pth``) of a run
+        ``GNTrainer`` keeps besides ``model_final.pth`` once training ends; -1 keeps all
+        (detectron2's behaviour), 0 only ``model_final.pth``. The latest one stays while training
+        runs, for ``--resume``.
     """
     if "COCO_JSON" not in cfg.DATASETS:
         cfg.DATASETS.COCO_JSON = []
     if "COCO_EVAL_BACKEND" not in cfg.TEST:
         cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
+    if "CHECKPOINT_MAX_TO_KEEP" not in cfg.SOLVER:
+        cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = -1
     if "GN" in cfg.MODEL:
         return cfg
     cfg.MODEL.GN = CN()

@@ -4,7 +4,7 @@
     python tools/train_net.py                                   # the built-in shapes dataset
     python tools/train_net.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_gn.yaml \
         --num-gpus 8
-    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --eval-only MODEL.WEIGHTS output/shapes_mask_rcnn_gn/model_final.pth
     python tools/train_net.py --config-file ... --resume         # continue from last_checkpoint
     python tools/train_net.py --config-file configs/lazy/shapes_mask_rcnn_gn.py train.max_iter=100
 
@@ -20,6 +20,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Known third-party warnings filtered from here on, in the worker processes too (0 shows them).
+os.environ.setdefault("GN_DETECTRON_FILTER_WARNINGS", "1")
+from gn_detectron.utils import require_detectron2  # noqa: E402
+
+require_detectron2("tools/train_net.py")
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from gn_detectron.engine import GNTrainer, launch, setup_cfg  # noqa: E402

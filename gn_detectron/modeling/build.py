@@ -44,8 +44,16 @@ def build_model(cfg) -> nn.Module:
     """Builds the model of ``cfg`` with detectron2's ``build_model`` and applies ``MODEL.GN``:
     every GroupNorm, whichever builder made it (detectron2's stock "GN" included), follows
     ``MODEL.GN.IMPL``, ``NUM_GROUPS``/``CHANNELS_PER_GROUP`` and ``EPS``, and with IMPL "fast" the
-    GN + ReLU pairs of detectron2 ``Conv2d`` layers run fused (``FUSE_ACTIVATION``)."""
+    GN + ReLU pairs of detectron2 ``Conv2d`` layers run fused (``FUSE_ACTIVATION``). With
+    ``MODEL.DEVICE`` "cuda" on a machine without a GPU, the model is built on the CPU (one log
+    line; ``cfg`` is not changed)."""
     spec = GNSpec.from_config(cfg)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"gn_detectron: no GPU found: the model is built on the CPU "
+                       f"(MODEL.DEVICE {cfg.MODEL.DEVICE!r} replaced by 'cpu')")
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
     model = d2_build_model(cfg)
     model = apply_gn_spec(model, spec)
     n_gn = sum(isinstance(m, nn.GroupNorm) for m in model.modules())
