@@ -9,8 +9,11 @@ PYTEST_ARGS ?=
 setup:
 	@bash tools/setup_env.sh
 
+# The CUDA kernels are compiled wherever a CUDA toolkit exists, GPU or not (FORCE_CUDA=1).
 build:
-	@CUDA_HOME=$${CUDA_HOME:-$$( [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda )} $(PY) setup.py -q build_ext --inplace
+	@export CUDA_HOME=$${CUDA_HOME:-$$( [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda )}; \
+	if [ -n "$$CUDA_HOME" ] && [ "$${GN_DETECTRON_CPU_ONLY:-0}" != 1 ]; then export FORCE_CUDA=$${FORCE_CUDA:-1}; fi; \
+	$(PY) setup.py -q build_ext --inplace
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -7,6 +7,8 @@ Variants (each built from the same config and the same seed):
   fast        MODEL.GN.IMPL fast: the plugin's GroupNorm through build_model's conversion
               (GN + ReLU fused in the heads' convs)
   fast_fused  the plugin with the registered builders (GN + ReLU fused in the ResNet too)
+  gn_ws       fast_fused with MODEL.GN.WEIGHT_STANDARDIZATION (GN+WS): its cost is reported as
+              its step time relative to fast_fused
   frozen_bn   the same network with frozen BN in the ResNet and no norm in FPN and heads:
               the speed GN is measured against. Without pretrained weights (MODEL.WEIGHTS) its
               frozen statistics are set from the first batch (see calibrate_frozen_bn): a
@@ -60,6 +62,7 @@ VARIANTS = {
     "native": {**STOCK, "MODEL.GN.IMPL": "native"},
     "fast": {**STOCK, "MODEL.GN.IMPL": "fast"},
     "fast_fused": {**REGISTERED, "MODEL.GN.IMPL": "fast"},
+    "gn_ws": {**REGISTERED, "MODEL.GN.IMPL": "fast", "MODEL.GN.WEIGHT_STANDARDIZATION": True},
     "frozen_bn": {**STOCK, "MODEL.RESNETS.NORM": "FrozenBN", "MODEL.FPN.NORM": "",
                   "MODEL.ROI_BOX_HEAD.NORM": "", "MODEL.ROI_MASK_HEAD.NORM": ""},
 }
@@ -380,6 +383,17 @@ def main(argv=None):
             r["paired_step_vs_frozen_bn"] = paired_ratio(r["steps"], ref["steps"])
             paired = f" (paired per round {r['paired_step_vs_frozen_bn']:5.3f})"
         print(f"  {r['variant']:>10} amp={amp_label[r['amp']]}: {r['step_vs_frozen_bn']:5.3f}{paired}")
+    if {"gn_ws", "fast_fused"} <= set(args.variants):
+        print("\nGN+WS: step time relative to fast_fused (the same model without WS; 1.05 = 5% slower)")
+    for ref, r in against(rows, "fast_fused"):
+        if r["variant"] != "gn_ws":
+            continue
+        r["step_vs_fast_fused"] = r["step_s"] / ref["step_s"]
+        paired = ""
+        if schedule == "interleaved":
+            r["paired_step_vs_fast_fused"] = paired_ratio(r["steps"], ref["steps"])
+            paired = f" (paired per round {r['paired_step_vs_fast_fused']:5.3f})"
+        print(f"  {r['variant']:>10} amp={amp_label[r['amp']]}: {r['step_vs_fast_fused']:5.3f}{paired}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

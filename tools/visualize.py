@@ -22,6 +22,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Known third-party warnings filtered from here on, in the worker processes too (0 shows them).
+os.environ.setdefault("GN_DETECTRON_FILTER_WARNINGS", "1")
+from gn_detectron.utils import require_detectron2  # noqa: E402
+
+require_detectron2("tools/visualize.py")
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402

@@ -16,6 +16,7 @@ from ..checkpoint.checkpointer import GNCheckpointer
 from ..data.coco_json import check_training_datasets
 from ..evaluation import COCOEvaluator
 from ..modeling import build_model
+from .hooks import keep_periodic_checkpoints
 
 __all__ = ["GNTrainer", "create_ddp_model"]
 
@@ -102,6 +103,11 @@ class GNTrainer(DefaultTrainer):
                 logger.warning("Training stopped by an error: final evaluation skipped")
                 continue
             h.after_train()
+
+    def build_hooks(self):
+        """detectron2's hooks; the periodic checkpointer keeps ``SOLVER.CHECKPOINT_MAX_TO_KEEP``."""
+        return keep_periodic_checkpoints(super().build_hooks(),
+                                         self.cfg.SOLVER.get("CHECKPOINT_MAX_TO_KEEP", -1))
 
     @classmethod
     def build_model(cls, cfg):

@@ -19,7 +19,7 @@ from ..layers import GroupNorm
 from .norm import GNSpec, norm_factory
 
 __all__ = ["GNBasicStem", "GNBasicBlock", "GNBottleneckBlock", "build_gn_resnet_backbone",
-           "build_gn_resnet_fpn_backbone"]
+           "build_gn_resnet_fpn_backbone", "fuse_block_relus"]
 
 
 def fuse_relu_into_norm(conv) -> bool:
@@ -37,6 +37,7 @@ class GNBasicStem(BasicStem):
 
     def __init__(self, in_channels=3, out_channels=64, norm="BN", fuse_relu=True):
         super().__init__(in_channels, out_channels, norm)
+        self.fuse_relu = fuse_relu
         self.relu_fused = fuse_relu and fuse_relu_into_norm(self.conv1)
 
     def forward(self, x):
@@ -51,6 +52,7 @@ class GNBasicBlock(BasicBlock):
 
     def __init__(self, in_channels, out_channels, *, stride=1, norm="BN", fuse_relu=True):
         super().__init__(in_channels, out_channels, stride=stride, norm=norm)
+        self.fuse_relu = fuse_relu
         self.relu_fused = fuse_relu and fuse_relu_into_norm(self.conv1)
 
     def forward(self, x):
@@ -67,6 +69,7 @@ class GNBottleneckBlock(BottleneckBlock):
 
     def __init__(self, in_channels, out_channels, *, fuse_relu=True, **kwargs):
         super().__init__(in_channels, out_channels, **kwargs)
+        self.fuse_relu = fuse_relu
         self.relu_fused = (fuse_relu and fuse_relu_into_norm(self.conv1),
                            fuse_relu and fuse_relu_into_norm(self.conv2))
 
@@ -80,6 +83,22 @@ class GNBottleneckBlock(BottleneckBlock):
         out = self.conv3(out)
         out += self.shortcut(x) if self.shortcut is not None else x
         return F.relu_(out)
+
+
+def fuse_block_relus(model) -> int:
+    """Fuses the ReLUs of the GN stems and blocks above whose norm became the plugin's GroupNorm
+    after they were built (a LazyConfig model with ``norm="GN"``, converted by
+    ``apply_gn_spec``), where their ``fuse_relu`` allows. Returns the number of ReLUs fused."""
+    fused = 0
+    for m in model.modules():
+        if isinstance(m, (GNBasicStem, GNBasicBlock)) and m.fuse_relu and not m.relu_fused:
+            m.relu_fused = fuse_relu_into_norm(m.conv1)
+            fused += m.relu_fused
+        elif isinstance(m, GNBottleneckBlock) and m.fuse_relu:
+            new = tuple(done or fuse_relu_into_norm(conv) for done, conv in zip(m.relu_fused, (m.conv1, m.conv2)))
+            fused += sum(new) - sum(m.relu_fused)
+            m.relu_fused = new
+    return fused
 
 
 @BACKBONE_REGISTRY.register()

@@ -37,6 +37,7 @@ class GNSpec:
     channels_per_group: int = 0
     eps: float = 1e-5
     fuse_activation: bool = True
+    weight_standardization: bool = False
 
     def __post_init__(self):
         if self.impl not in GN_IMPLS:
@@ -51,11 +52,26 @@ class GNSpec:
 
     @classmethod
     def from_config(cls, cfg) -> "GNSpec":
+        """From a yacs config (``MODEL.GN``) or a LazyConfig (its optional top-level ``gn`` node
+        with lower-case keys: ``gn.impl``, ``gn.num_groups``, ... ; absent keys take the
+        defaults)."""
+        if "MODEL" not in cfg:
+            return cls.from_lazy_config(cfg)
         if "GN" not in cfg.MODEL:
             return cls()
         g = cfg.MODEL.GN
         return cls(impl=g.IMPL, num_groups=g.NUM_GROUPS, channels_per_group=g.CHANNELS_PER_GROUP,
-                   eps=g.EPS, fuse_activation=g.FUSE_ACTIVATION)
+                   eps=g.EPS, fuse_activation=g.FUSE_ACTIVATION,
+                   weight_standardization=g.get("WEIGHT_STANDARDIZATION", False))
+
+    @classmethod
+    def from_lazy_config(cls, cfg) -> "GNSpec":
+        g = dict(cfg.get("gn", None) or {})
+        unknown = sorted(set(g) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise KeyError(f"unknown key(s) {unknown} in the LazyConfig's gn node; "
+                           f"known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**g)
 
     def setting(self) -> str:
         if self.channels_per_group > 0:

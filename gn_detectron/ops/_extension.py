@@ -18,8 +18,10 @@ def load_extension():
         _error = str(e)
         warnings.warn(
             "gn_detectron: the compiled extension could not be loaded ({}); group_norm falls back "
-            "to torch.nn.functional.group_norm (PyTorch's kernels). Build it with "
-            "`python setup.py build_ext --inplace` or `pip install -e .` (or `make build`).".format(e),
+            "to torch.nn.functional.group_norm (PyTorch's kernels). Build it against the torch you "
+            "run: in a checkout, `make build`; into your own environment, `pip install "
+            "--no-build-isolation .` (or `-e .`; see the README's \"Install into an existing "
+            "environment\").".format(e),
             RuntimeWarning,
             stacklevel=3,
         )

@@ -95,6 +95,8 @@ def group_norm(
         float32 for half-precision input (float64 for float64). Differentiable in input, weight
         and bias. Under autocast, the output keeps the input's dtype (no upcast to float32).
     """
+    if torch.jit.is_scripting():  # TorchScript compiles only this branch
+        return _scripted_group_norm(input, num_groups, weight, bias, eps, activation)
     relu = _activation_flag(activation)
     _check_args(input, num_groups, weight, bias)
     if input.device.type not in _KERNEL_DEVICES:
@@ -110,6 +112,69 @@ def group_norm(
             )
         return _native_group_norm(input, num_groups, weight, bias, eps, relu)
     return torch.ops.gn_detectron.group_norm_fwd(input, num_groups, weight, bias, float(eps), relu)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The TorchScript path: ``torch.jit.script`` compiles the branch of ``group_norm`` that calls
+# ``_scripted_group_norm``, bound below to the kernels' version where the extension is loaded
+# (the script then needs the extension wherever it is loaded) and to PyTorch's group_norm where
+# it is not. Same checks and messages as the eager path, in the forms TorchScript can compile.
+
+def _script_activation_flag(activation: Optional[str]) -> bool:
+    if activation is None or activation == "none":
+        return False
+    if activation == "relu":
+        return True
+    # The names of FUSED_ACTIVATIONS (TorchScript compiles no global strings).
+    raise ValueError("group_norm: unknown activation '" + activation + "'; expected one of None, 'none', 'relu'")
+
+
+def _script_check_args(input: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor]):
+    if input.dim() < 2:
+        raise ValueError("group_norm: expected input with at least 2 dimensions (N, C, *), got shape {}".format(
+            input.shape))
+    if not input.is_floating_point():
+        raise TypeError("group_norm: expected a floating-point input (float32, float64, float16 or bfloat16), "
+                        "got {}".format(input.dtype))
+    if num_groups <= 0:
+        raise ValueError("group_norm: num_groups must be a positive int, got {}".format(num_groups))
+    C = input.shape[1]
+    if C % num_groups != 0:
+        raise ValueError("group_norm: the number of channels must be divisible by num_groups, got C={} channels "
+                         "and num_groups={} (input shape {}); choose num_groups among the divisors of {}".format(
+                             C, num_groups, input.shape, C))
+    if weight is not None and (weight.dim() != 1 or weight.shape[0] != C):
+        raise ValueError("group_norm: expected weight of shape ({},) for an input with C={} channels, got shape "
+                         "{}".format(C, C, weight.shape))
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != C):
+        raise ValueError("group_norm: expected bias of shape ({},) for an input with C={} channels, got shape "
+                         "{}".format(C, C, bias.shape))
+
+
+def _scripted_group_norm_native(input: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+                                eps: float, activation: Optional[str]) -> Tensor:
+    relu = _script_activation_flag(activation)
+    _script_check_args(input, num_groups, weight, bias)
+    out = torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
+    return torch.relu(out) if relu else out
+
+
+def _scripted_group_norm_kernels(input: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+                                 eps: float, activation: Optional[str]) -> Tensor:
+    relu = _script_activation_flag(activation)
+    _script_check_args(input, num_groups, weight, bias)
+    if _has_kernel_for(input):
+        return torch.ops.gn_detectron.group_norm_fwd(input, num_groups, weight, bias, eps, relu)[0]
+    out = torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
+    return torch.relu(out) if relu else out
+
+
+def _kernel_on_cpu(input: Tensor) -> bool:
+    return input.device.type == "cpu"
+
+
+def _kernel_on_cpu_or_cuda(input: Tensor) -> bool:
+    return input.device.type == "cpu" or input.device.type == "cuda"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,3 +214,7 @@ def _register_python_parts():
 
 _register_python_parts()
 _KERNEL_DEVICES = kernel_device_types()
+# The TorchScript path's choices, fixed when this module loads (TorchScript compiles no global
+# containers): where the compiled kernels serve, and which version of the op scripts compile.
+_has_kernel_for = _kernel_on_cpu_or_cuda if "cuda" in _KERNEL_DEVICES else _kernel_on_cpu
+_scripted_group_norm = _scripted_group_norm_kernels if "cpu" in _KERNEL_DEVICES else _scripted_group_norm_native
