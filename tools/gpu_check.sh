@@ -32,7 +32,8 @@ grep -E "registers|spill|stack" "$OUT/build.log" | sort | uniq -c | sort -rn | h
 
 step "tests (path auto, all cuda tests incl. slow)"
 GN_DETECTRON_CUDA_PATH=auto timeout 300 "$PY" -m pytest -q -p no:cacheprovider --maxfail=30 --tb=short \
-  tests/test_ops_cuda.py tests/test_ops.py -k "cuda" > "$OUT/tests.log" 2>&1 || status=1
+  tests/test_ops_cuda.py tests/test_ops.py tests/test_double_backward.py tests/test_deform_conv.py \
+  -k "cuda" > "$OUT/tests.log" 2>&1 || status=1
 tail -3 "$OUT/tests.log"
 for path in split; do
   step "tests (path $path)"
