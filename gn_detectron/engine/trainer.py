@@ -1,5 +1,6 @@
 """``GNTrainer``: detectron2's ``DefaultTrainer`` with the plugin's model building, COCO
 evaluation, CPU multi-process training and a results file."""
+import inspect
 import json
 import logging
 import os
@@ -26,12 +27,18 @@ logger = logging.getLogger(__name__)
 def create_ddp_model(model, *, broadcast_buffers=False):
     """Wraps ``model`` in DistributedDataParallel when there are several processes. On a GPU each
     process drives its local device; on the CPU (gloo) DDP takes no ``device_ids`` (detectron2's
-    own helper passes them, which CPU DDP refuses)."""
+    own helper passes them, which CPU DDP refuses). ``broadcast_buffers`` goes to the argument
+    that the installed torch names for it (``forward_sync_buffers`` since it deprecated the old
+    name)."""
     if comm.get_world_size() == 1:
         return model
     on_gpu = next(model.parameters()).device.type == "cuda"
     device_ids = [comm.get_local_rank()] if on_gpu else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=broadcast_buffers)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        sync = {"forward_sync_buffers": broadcast_buffers}
+    else:
+        sync = {"broadcast_buffers": broadcast_buffers}
+    return DistributedDataParallel(model, device_ids=device_ids, **sync)
 
 
 class GNTrainer(DefaultTrainer):
