@@ -116,6 +116,19 @@ def get_coco_eval_backend(name: str) -> COCOEvalBackend:
         return get_coco_eval_backend(cls.fallback)
 
 
+class _CountedIoUs:
+    """A COCOeval mixin: each IoU (or OKS) computation of an (image, category) pair steps
+    ``self._iou_progress``, which the evaluator sets up before its loop."""
+
+    def computeIoU(self, imgId, catId):
+        self._iou_progress.step()
+        return super().computeIoU(imgId, catId)
+
+    def computeOks(self, imgId, catId):
+        self._iou_progress.step()
+        return super().computeOks(imgId, catId)
+
+
 # ---------------------------------------------------------------------------------------------
 # pycocotools
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +137,7 @@ def _pycocotools_eval_classes():
     from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
     from pycocotools.cocoeval import COCOeval
 
-    class _Progress:
+    class _Progress(_CountedIoUs):
         """pycocotools' loops over (image, category) pairs, counted with an ETA."""
 
         def evaluate(self):
@@ -139,14 +152,6 @@ def _pycocotools_eval_classes():
                                                **_progress_args())
             with contextlib.redirect_stdout(io.StringIO()):
                 super().evaluate()
-
-        def computeIoU(self, imgId, catId):
-            self._iou_progress.step()
-            return super().computeIoU(imgId, catId)
-
-        def computeOks(self, imgId, catId):
-            self._iou_progress.step()
-            return super().computeOks(imgId, catId)
 
         def evaluateImg(self, imgId, catId, aRng, maxDet):
             self._match_progress.step()
@@ -200,7 +205,7 @@ class PycocotoolsBackend(COCOEvalBackend):
 def _faster_eval_class():
     from faster_coco_eval import COCOeval_faster
 
-    class ProgressCOCOevalFaster(COCOeval_faster):
+    class ProgressCOCOevalFaster(_CountedIoUs, COCOeval_faster):
         """faster-coco-eval's evaluator; its Python loop over the (image, category) pairs that
         have both ground truth and detections is counted with an ETA."""
 
@@ -211,14 +216,6 @@ def _faster_eval_class():
             total = len(pairs) if pairs is not None else len(p.imgIds) * (len(p.catIds) if p.useCats else 1)
             self._iou_progress = ProgressETA(total, f"COCO {p.iouType} evaluation, IoUs (image x category)",
                                              **_progress_args())
-
-        def computeIoU(self, imgId, catId):
-            self._iou_progress.step()
-            return super().computeIoU(imgId, catId)
-
-        def computeOks(self, imgId, catId):
-            self._iou_progress.step()
-            return super().computeOks(imgId, catId)
 
     return ProgressCOCOevalFaster
 

@@ -74,6 +74,15 @@ def modulated_deform_conv(input, offset, mask, weight, bias=None, stride=1, padd
                          dilation=_pair(dilation), mask=mask)
 
 
+def _norm_activation(conv, x):
+    """detectron2's ``Conv2d`` order: the layer's ``norm``, then its ``activation``, where set."""
+    if conv.norm is not None:
+        x = conv.norm(x)
+    if conv.activation is not None:
+        x = conv.activation(x)
+    return x
+
+
 def _extra_repr(m, bias: bool) -> str:
     return (f"in_channels={m.in_channels}, out_channels={m.out_channels}, kernel_size={m.kernel_size}, "
             f"stride={m.stride}, padding={m.padding}, dilation={m.dilation}, groups={m.groups}, "
@@ -120,11 +129,7 @@ class DeformConv(nn.Module):
     def forward(self, x, offset):
         x = deform_conv(x, offset, self.conv_weight(), self.stride, self.padding, self.dilation, self.groups,
                         self.deformable_groups)
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return _norm_activation(self, x)
 
     def extra_repr(self):
         return _extra_repr(self, False)
@@ -163,11 +168,7 @@ class ModulatedDeformConv(nn.Module):
     def forward(self, x, offset, mask):
         x = modulated_deform_conv(x, offset, mask, self.conv_weight(), self.bias, self.stride, self.padding,
                                   self.dilation, self.groups, self.deformable_groups)
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return _norm_activation(self, x)
 
     def extra_repr(self):
         return _extra_repr(self, self.with_bias)
