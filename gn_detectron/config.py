@@ -31,6 +31,8 @@ def add_gn_config(cfg):
         ``GNTrainer`` keeps besides ``model_final.pth`` once training ends; -1 keeps all
         (detectron2's behaviour), 0 only ``model_final.pth``. The latest one stays while training
         runs, for ``--resume``.
+    SOLVER.OPTIMIZER ("SGD"): the optimizer, a name of ``gn_detectron.solver.OPTIMIZER_REGISTRY``:
+        "SGD" (detectron2's) or "AdamW" (with SOLVER.BETAS, default (0.9, 0.999)).
     """
     if "COCO_JSON" not in cfg.DATASETS:
         cfg.DATASETS.COCO_JSON = []
@@ -38,6 +40,10 @@ def add_gn_config(cfg):
         cfg.TEST.COCO_EVAL_BACKEND = "faster_coco_eval"
     if "CHECKPOINT_MAX_TO_KEEP" not in cfg.SOLVER:
         cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = -1
+    if "OPTIMIZER" not in cfg.SOLVER:
+        cfg.SOLVER.OPTIMIZER = "SGD"
+    if "BETAS" not in cfg.SOLVER:
+        cfg.SOLVER.BETAS = (0.9, 0.999)
     if "GN" in cfg.MODEL:
         return cfg
     cfg.MODEL.GN = CN()

@@ -17,6 +17,7 @@ from ..checkpoint.checkpointer import GNCheckpointer
 from ..data.coco_json import check_training_datasets
 from ..evaluation import COCOEvaluator
 from ..modeling import build_model
+from ..solver import build_optimizer
 from .hooks import keep_periodic_checkpoints
 
 __all__ = ["GNTrainer", "create_ddp_model"]
@@ -121,6 +122,11 @@ class GNTrainer(DefaultTrainer):
         model = build_model(cfg)
         logger.info("Model:\n{}".format(model))
         return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """The optimizer ``SOLVER.OPTIMIZER`` names (:func:`gn_detectron.solver.build_optimizer`)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,0 +1,3 @@
+from .optimizer import OPTIMIZER_REGISTRY, build_optimizer
+
+__all__ = ["OPTIMIZER_REGISTRY", "build_optimizer"]
