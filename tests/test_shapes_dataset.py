@@ -132,6 +132,24 @@ def test_occluded_shapes_keep_a_visible_part():
     assert min(visible_fractions) < 0.9  # some shapes are partly hidden by later ones
 
 
+def test_shapes_contrast_in_brightness_with_what_they_cover():
+    rng = np.random.default_rng(1)
+    dark = light = 0
+    for _ in range(40):
+        image, instances = shapes.render_shapes_image(rng, 96, 128)
+        for instance in instances:
+            colour = instance["colour"]
+            assert colour.shape == (3,)
+            is_dark = bool((colour <= shapes.DARK_MAX).all())
+            assert is_dark or (colour >= shapes.LIGHT_MIN).all(), colour
+            dark += is_dark
+            light += not is_dark
+            # The visible pixels show the colour, up to the pixel noise (std 4) and rounding.
+            seen = np.median(image[instance["mask"]].astype(np.float32), axis=0)
+            assert np.abs(seen - np.clip(colour, 0, 255)).max() <= 6, (seen, colour)
+    assert dark > 10 and light > 10
+
+
 def test_categories(dataset):
     assert [c["id"] for c in dataset["categories"]] == list(range(1, len(SHAPES_CATEGORIES) + 1))
     assert [c["name"] for c in dataset["categories"]] == list(SHAPES_CATEGORIES)
