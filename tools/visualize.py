@@ -65,7 +65,20 @@ class _Predictor(DefaultPredictor):
         self.input_format = cfg.INPUT.FORMAT
 
 
-def draw_predictions(cfg, num_images, path, score_threshold=0.3):
+def one_label_per_object(instances, iou_threshold):
+    """``instances`` (detectron2 ``Instances`` with ``pred_boxes`` and ``scores``) without the
+    predictions whose box overlaps a higher-scoring one's by IoU > ``iou_threshold``, whatever
+    their classes: detectron2's NMS is per class, so one object may carry several labels; the
+    picture keeps the best one. ``iou_threshold`` <= 0 keeps all."""
+    from torchvision.ops import nms
+
+    if iou_threshold <= 0 or len(instances) == 0:
+        return instances
+    keep = nms(instances.pred_boxes.tensor.float(), instances.scores.float(), iou_threshold)
+    return instances[keep.sort().values]
+
+
+def draw_predictions(cfg, num_images, path, score_threshold=0.3, label_nms=0.7):
     dataset = cfg.DATASETS.TEST[0]
     records = DatasetCatalog.get(dataset)[:num_images]
     metadata = MetadataCatalog.get(dataset)
@@ -75,7 +88,7 @@ def draw_predictions(cfg, num_images, path, score_threshold=0.3):
         image = read_image(rec["file_name"], format="RGB")
         # DefaultPredictor takes BGR (OpenCV's order) and converts to INPUT.FORMAT itself
         instances = predictor(np.ascontiguousarray(image[:, :, ::-1]))["instances"].to("cpu")
-        instances = instances[instances.scores >= score_threshold]
+        instances = one_label_per_object(instances[instances.scores >= score_threshold], label_nms)
         pred = Visualizer(image, metadata, scale=2.0, instance_mode=ColorMode.IMAGE).draw_instance_predictions(instances)
         truth = Visualizer(image, metadata, scale=2.0).draw_dataset_dict(rec)
         rows.append(np.concatenate([truth.get_image(), pred.get_image()], axis=1))
@@ -83,7 +96,10 @@ def draw_predictions(cfg, num_images, path, score_threshold=0.3):
     for ax, row in zip(axes[:, 0], rows):
         ax.imshow(row)
         ax.axis("off")
-    axes[0, 0].set_title(f"ground truth (left) and predictions with score >= {score_threshold} (right)")
+    title = f"ground truth (left) and predictions with score >= {score_threshold} (right)"
+    if label_nms > 0:
+        title += f"\nof predictions whose boxes overlap by IoU > {label_nms}, the best-scoring one"
+    axes[0, 0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -131,6 +147,9 @@ def main(argv=None):
     parser.add_argument("--weights", default=None, help="default: OUTPUT_DIR/model_final.pth")
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--score-threshold", type=float, default=0.3, help="draw predictions scoring at least this")
+    parser.add_argument("--label-nms", type=float, default=0.7,
+                        help="of predictions whose boxes overlap by more than this IoU, whatever their "
+                             "classes, draw only the best-scoring one (0: draw all)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     cfg = load_cfg(args.config_file, args.opts)
@@ -140,7 +159,7 @@ def main(argv=None):
     if not os.path.exists(cfg.MODEL.WEIGHTS):
         raise SystemExit(f"{cfg.MODEL.WEIGHTS}: no trained weights; train first (tools/train_net.py)")
     pred = draw_predictions(cfg, args.num_images, os.path.join(cfg.OUTPUT_DIR, "predictions.png"),
-                            args.score_threshold)
+                            args.score_threshold, args.label_nms)
     curves = plot_curves(cfg.OUTPUT_DIR, os.path.join(cfg.OUTPUT_DIR, "training_curves.png"))
     print(f"predictions:     {pred}\ntraining curves: {curves}")
 
