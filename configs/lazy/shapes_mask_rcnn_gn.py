@@ -2,8 +2,8 @@
 
 The same model (same modules and parameter names: its checkpoints and the yacs config's are
 interchangeable), data, optimizer, schedule and outputs: Mask R-CNN with GN in the ResNet-18, the
-128-channel FPN and both heads, from scratch, on the synthetic shapes dataset at 128x171, 2 images
-per step, 900 iterations.
+64-channel FPN and both heads, from scratch, on the synthetic shapes dataset at 128x171, 2 images
+per step, 1800 AdamW iterations.
 
     python tools/train_net.py --config-file configs/lazy/shapes_mask_rcnn_gn.py
     python tools/train_net.py --config-file configs/lazy/shapes_mask_rcnn_gn.py train.max_iter=100 gn.impl=native
@@ -34,12 +34,12 @@ model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
 model.backbone.bottom_up.stem = L(GNBasicStem)(in_channels=3, out_channels=64, norm="GN")
 model.backbone.bottom_up.stages = L(ResNet.make_default_stages)(depth=18, block_class=GNBasicBlock, norm="GN")
 model.backbone.bottom_up.freeze_at = 0
-model.backbone.out_channels = 128
+model.backbone.out_channels = 64
 model.backbone.norm = "GN"
 model.pixel_mean = [127.5, 127.5, 127.5]
 model.pixel_std = [64.0, 64.0, 64.0]
 rpn = model.proposal_generator
-rpn.head.in_channels = 128
+rpn.head.in_channels = 64
 rpn.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
 rpn.pre_nms_topk = (500, 500)
 rpn.post_nms_topk = (128, 100)
@@ -47,14 +47,16 @@ rpn.batch_size_per_image = 128
 heads = model.roi_heads
 heads.num_classes = 6
 heads.batch_size_per_image = 32
-heads.box_head.input_shape = ShapeSpec(channels=128, height=7, width=7)
+heads.positive_fraction = 0.5
+heads.box_pooler.output_size = 14
+heads.box_head.input_shape = ShapeSpec(channels=64, height=14, width=14)
 heads.box_head.conv_dims = [64, 64]
 heads.box_head.fc_dims = [256]
 heads.box_head.conv_norm = "GN"
 heads.box_predictor.input_shape = ShapeSpec(channels=256)
 heads.box_predictor.test_topk_per_image = 20
-heads.mask_head.input_shape = ShapeSpec(channels=128, width=14, height=14)
-heads.mask_head.conv_dims = [128, 128, 128]
+heads.mask_head.input_shape = ShapeSpec(channels=64, width=14, height=14)
+heads.mask_head.conv_dims = [64, 64, 64]
 heads.mask_head.conv_norm = "GN"
 
 dataloader = dict(
@@ -84,22 +86,24 @@ dataloader = dict(
                                output_dir="${train.output_dir}/inference/shapes_val"),
 )
 
-optimizer = model_zoo.get_config("common/optim.py").SGD
-optimizer.lr = 0.01
+optimizer = model_zoo.get_config("common/optim.py").AdamW
+optimizer.lr = 0.001
+optimizer.betas = (0.9, 0.999)
+optimizer.weight_decay = 0.05
 optimizer.params.weight_decay_norm = 0.0
 
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[720, 840], num_updates=900),
-    warmup_length=100 / 900,
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[1440, 1680], num_updates=1800),
+    warmup_length=100 / 1800,
     warmup_method="linear",
     warmup_factor=0.001,
 )
 
 train = model_zoo.get_config("common/train.py").train
 train.output_dir = "output/shapes_mask_rcnn_gn_lazy"
-train.max_iter = 900
-train.checkpointer = dict(period=450, max_to_keep=100)
-train.eval_period = 0  # evaluation once, at the end
+train.max_iter = 1800
+train.checkpointer = dict(period=900, max_to_keep=100)
+train.eval_period = 450
 train.log_period = 20
 train.device = "cuda"  # the CPU when there is no GPU
 train.seed = 0
