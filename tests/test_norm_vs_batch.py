@@ -58,7 +58,7 @@ def one_thread():
 
 @pytest.mark.slow
 def test_quick_run_writes_table_json_and_plot(tmp_path, one_thread):
-    results = norm_vs_batch.main(["--quick", "--output-dir", str(tmp_path)])
+    results = norm_vs_batch.main(["--quick", "--workers", "1", "--output-dir", str(tmp_path)])
     assert {(r["norm"], r["batch_size"]) for r in results} == {("BN", 4), ("GN", 4), ("BN", 2), ("GN", 2)}
     for r in results:
         assert 0.0 <= r["val_error"] <= 100.0
@@ -69,3 +69,16 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, one_thread):
     table = (tmp_path / "table.md").read_text()
     assert "| BN val error (%) |" in table and "| GN val error (%) |" in table
     assert (tmp_path / "norm_vs_batch.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_serial_results(tmp_path, one_thread):
+    """The runs in two worker processes give exactly the results of the same runs in this one
+    (each run is seeded, and the workers generate the same crops)."""
+    common = ["--quick", "--batch-sizes", "4", "--output-dir"]
+    serial = norm_vs_batch.main(common + [str(tmp_path / "serial"), "--workers", "1"])
+    parallel = norm_vs_batch.main(common + [str(tmp_path / "parallel"), "--workers", "2"])
+    keys = ("norm", "batch_size", "lr", "steps", "val_error", "final_train_loss")
+    assert [{k: r[k] for k in keys} for r in parallel] == [{k: r[k] for k in keys} for r in serial]
+    with open(tmp_path / "parallel" / "results.json") as f:
+        assert json.load(f)["threads_per_run"] == 1

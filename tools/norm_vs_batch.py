@@ -192,8 +192,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 16, 8, 4, 2])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--num-train", type=int, default=2000, help="training crops")
+    p.add_argument("--epochs", type=int, default=24)
+    p.add_argument("--num-train", type=int, default=4000, help="training crops")
     p.add_argument("--num-val", type=int, default=1000, help="validation crops")
     p.add_argument("--crop-size", type=int, default=24)
     p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="channels of the blocks")
@@ -203,6 +203,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
                    help="a smoke run of seconds: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes of one thread each that train runs side by side (1: in this process)")
     p.add_argument("--output-dir", default="output/norm_vs_batch")
     args = p.parse_args(argv)
     if args.quick:
@@ -212,33 +214,77 @@ def parse_args(argv=None):
         p.error(f"--batch-sizes must be >= 2 (BN needs 2 images for batch statistics), got {args.batch_sizes}")
     if args.num_train < max(args.batch_sizes):
         p.error(f"--num-train ({args.num_train}) must be at least the largest batch ({max(args.batch_sizes)})")
-    if args.epochs < 1 or args.num_val < 1 or args.crop_size < 8:
-        p.error("--epochs and --num-val must be >= 1 and --crop-size >= 8")
+    if args.epochs < 1 or args.num_val < 1 or args.crop_size < 8 or args.workers < 1:
+        p.error("--epochs, --num-val and --workers must be >= 1 and --crop-size >= 8")
     return args
+
+
+def _make_data(args):
+    train = make_shape_crops(args.num_train, args.seed, args.crop_size)
+    val = make_shape_crops(args.num_val, args.seed + 1, args.crop_size)
+    return (*train, *val)
+
+
+_WORKER_DATA = None
+
+
+def _init_worker(args):
+    """A worker process: one thread (the tiny steps of this model gain nothing from more), and
+    its own copy of the crops, generated from the same seeds."""
+    global _WORKER_DATA
+    torch.set_num_threads(1)
+    _WORKER_DATA = _make_data(args)
+
+
+def _run_in_worker(norm, batch_size, args):
+    return train_and_evaluate(norm, batch_size, _WORKER_DATA, args)
+
+
+def run_all(args):
+    """Trains every (norm, batch size) of ``args``, in ``args.workers`` processes of one thread
+    each when > 1 (the runs are independent and each is deterministic, so the results are those
+    of a serial run); returns the results in (batch size, norm) order."""
+    jobs = [(norm, batch_size) for batch_size in args.batch_sizes for norm in NORMS]
+
+    def report(result):
+        print(f"{result['norm']} batch {result['batch_size']:3d}: lr {result['lr']:.5f}, {result['steps']} steps, "
+              f"val error {result['val_error']:.1f}%, train loss {result['final_train_loss']:.3f}, "
+              f"{result['train_seconds']:.0f} s", flush=True)
+        return result
+
+    if args.workers <= 1:
+        data = _make_data(args)
+        return [report(train_and_evaluate(norm, batch_size, data, args)) for norm, batch_size in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # The slowest runs (smallest batches: most steps) first, so that the workers end together.
+    order = sorted(jobs, key=lambda job: job[1])
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker,
+                             initargs=(args,)) as pool:
+        futures = [pool.submit(_run_in_worker, norm, batch_size, args) for norm, batch_size in order]
+        by_job = {}
+        for future in as_completed(futures):
+            result = report(future.result())
+            by_job[(result["norm"], result["batch_size"])] = result
+    return [by_job[job] for job in jobs]
 
 
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     start = time.perf_counter()
-    train = make_shape_crops(args.num_train, args.seed, args.crop_size)
-    val = make_shape_crops(args.num_val, args.seed + 1, args.crop_size)
-    print(f"{args.num_train} training and {args.num_val} validation crops of {args.crop_size}x{args.crop_size} "
-          f"in {time.perf_counter() - start:.1f} s", flush=True)
-    results = []
-    for batch_size in args.batch_sizes:
-        for norm in NORMS:
-            result = train_and_evaluate(norm, batch_size, (*train, *val), args)
-            results.append(result)
-            print(f"{norm} batch {batch_size:3d}: lr {result['lr']:.5f}, {result['steps']} steps, "
-                  f"val error {result['val_error']:.1f}%, train loss {result['final_train_loss']:.3f}, "
-                  f"{result['train_seconds']:.0f} s", flush=True)
+    print(f"{len(args.batch_sizes) * len(NORMS)} runs of {args.epochs} epochs over {args.num_train} "
+          f"{args.crop_size}x{args.crop_size} training crops ({args.num_val} for validation), "
+          f"{args.workers} worker(s)", flush=True)
+    results = run_all(args)
     table = format_table(results, args.batch_sizes)
     print(table)
     settings = {k: v for k, v in vars(args).items() if k != "output_dir"}
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"settings": settings, "results": results, "total_seconds": round(time.perf_counter() - start, 1),
-                   "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "torch": torch.__version__, "threads_per_run": 1 if args.workers > 1 else torch.get_num_threads(),
                    "machine": platform.processor() or platform.machine()}, f, indent=1)
     with open(os.path.join(args.output_dir, "table.md"), "w") as f:
         f.write(table + "\n")
